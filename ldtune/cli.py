@@ -1,0 +1,60 @@
+"""``ldtune`` command line. Each subcommand lives in ``ldtune.commands.<name>`` with
+``configure(parser)`` and ``main(args) -> int``; bad input (a :class:`UserError`) exits 2 with one
+message naming the field."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import UserError
+
+COMMANDS = {
+    "train": "one training run of one strategy",
+    "bench": "baseline and strategies on one workload, interleaved: time_saved vs flops_saved",
+    "run": "run a study (Ray Tune + Optuna) and write its Parquet results",
+    "validate": "check a study spec without running it",
+    "pareto": "accuracy-vs-speedup Pareto fronts of the studies under a directory",
+    "plot": "plot the fronts (and per-epoch curves) to a PNG",
+    "recommend": "default hyperparameters per strategy for a new dataset",
+    "strategies": "list the registered strategies and their cards",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: status 2, one line
+        sys.stderr.write(f"ldtune: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="ldtune", description="Layer-dropping and layer-freezing studies for CNN training.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, help_ in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"ldtune.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"ldtune.commands.{name}":
+                raise
+            continue
+        sp = sub.add_parser(name, help=help_, description=help_)
+        mod.configure(sp)
+        sp.set_defaults(_main=mod.main)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._main(args) or 0)
+    except UserError as e:
+        sys.stderr.write(f"ldtune: error: {e.field}: {e.message}\n")
+        return 2
+    except FileNotFoundError as e:
+        sys.stderr.write(f"ldtune: error: {e.filename or e}: no such file\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``ldtune`` subcommand (see ``ldtune.cli``)."""

@@ -1,0 +1,19 @@
+"""``ldtune strategies``: the registered strategies, their hyperparameters (with units) and cards."""
+
+
+def configure(p) -> None:
+    p.add_argument("name", nargs="?", help="show one strategy's card")
+
+
+def main(a) -> int:
+    from .. import strategies
+    names = [a.name] if a.name else sorted(strategies.REGISTRY)
+    for n in names:
+        cls = strategies.get(n)
+        print(f"== {n}")
+        for k, h in cls.hparams.items():
+            rng = f"[{h.low}, {h.high}]" if h.choices is None else f"{list(h.choices)}"
+            print(f"  {k}: {h.kind.__name__} {rng}, default {h.default!r} ({h.unit})")
+        if a.name:
+            print(cls.card())
+    return 0

@@ -1,0 +1,79 @@
+"""``ldtune train``: one training run; ``--json`` ends with one JSON object (the contract)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import yaml
+
+from ..errors import UserError
+
+
+def add_workload_args(p, epochs: int = 3) -> None:
+    """Workload flags shared by ``train`` and ``bench``."""
+    p.add_argument("--model", default="resnet20", help="model name (see ldtune.models.MODELS)")
+    p.add_argument("--dataset", default="fashion_mnist", help="dataset name, or imagefolder:<path>")
+    p.add_argument("--epochs", type=int, default=epochs, help="epochs")
+    p.add_argument("--subset", type=int, default=None, help="training images (seeded, class-balanced)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--batch-size", type=int, default=128, help="images per step")
+    p.add_argument("--lr", type=float, default=0.1, help="base SGD learning rate")
+    p.add_argument("--schedule", default="cosine", help="cosine, step or constant")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=None, help="CIFAR ResNet stem channels (16 in the paper)")
+    p.add_argument("--image-size", type=int, default=None, help="zero-pad images to this side (pixels)")
+    p.add_argument("--data-root", default=None, help="directory for torchvision datasets")
+
+
+def workload_from_args(a):
+    from ..train import Workload
+    return Workload(model=a.model, dataset=a.dataset, epochs=a.epochs, subset=a.subset, device=a.device,
+                    batch_size=a.batch_size, lr=a.lr, schedule=a.schedule, weight_decay=a.weight_decay,
+                    seed=a.seed, width=a.width, image_size=a.image_size, data_root=a.data_root).validate()
+
+
+def parse_sets(items: list[str]) -> dict:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError("--set", f"expected key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            out[k.strip()] = v
+    return out
+
+
+def configure(p) -> None:
+    add_workload_args(p)
+    p.add_argument("--strategy", default="baseline", help="strategy name (ldtune strategies lists them)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a strategy hyperparameter")
+    p.add_argument("--json", action="store_true", help="end with one JSON object on stdout")
+
+
+def main(a) -> int:
+    from .. import strategies
+    from ..train import fit, set_threads
+
+    w = workload_from_args(a)
+    strategy = strategies.create(a.strategy, **parse_sets(a.set))
+    set_threads()
+
+    def progress(rec):
+        print(f"epoch {rec['epoch'] + 1}/{w.epochs}  loss {rec['train_loss']:.4f}  acc {rec['test_accuracy']:.4f}"
+              f"  time {rec['epoch_time_s']:.2f}s  active blocks {rec['active_blocks']}", file=sys.stderr)
+
+    r = fit(w, strategy, callback=progress)
+    out = {"strategy": a.strategy, "model": w.model, "dataset": w.dataset, "epochs": w.epochs,
+           "status": r.status, "test_accuracy": r.test_accuracy, "train_time_s": r.train_time_s,
+           "eval_time_s": r.eval_time_s, "train_flops": r.train_flops, "baseline_flops": r.baseline_flops,
+           "flops_saved": r.flops_saved, "device_name": r.device_name, "hparams": strategy.hp,
+           "subset": w.subset, "seed": w.seed}
+    if a.json:
+        print(json.dumps(out))
+    else:
+        print(f"{a.strategy} on {w.model}/{w.dataset}: accuracy {r.test_accuracy:.4f}, train time "
+              f"{r.train_time_s:.1f}s, flops saved {r.flops_saved:.1%} ({r.status})")
+    return 0 if r.status == "ok" else 1

@@ -1,0 +1,142 @@
+"""The strategy contract.
+
+A strategy decides; the training loop (``ldtune.train.fit``) obeys and never names a strategy.
+The loop calls, in order:
+
+* ``prepare_model(model)`` once, before the cost table and the optimizer exist (a strategy may
+  change the net here, e.g. swap shortcuts);
+* ``setup(ctx)`` once, with a :class:`Context`;
+* ``epoch_start(epoch) -> EpochPlan`` before every epoch: how many leading blocks are frozen
+  (forward under ``no_grad``, BatchNorm in eval, out of the optimizer; this prefix only grows),
+  how many of those come from the feature cache (no forward at all), batch size and LR scale;
+* ``step_start(epoch, step, t)`` before every step: may switch residual branches off
+  (``ResidualUnit.run_branch``) or weights' ``requires_grad`` for this step; a weight without a
+  gradient gets no optimizer update (no momentum, no weight decay);
+* ``lr_factors(t, sched)`` per step: a multiplier of the base LR per block (and last the head),
+  or ``None`` to use the loop's schedule value ``sched`` everywhere;
+* ``after_backward(step)`` after every backward (gradients are there);
+* ``epoch_end(epoch) -> dict`` extra fields for the epoch record;
+* ``teardown()`` when the run ends, however it ends.
+
+Hyperparameters are declared in ``hparams`` with type, valid range, the default search space for
+studies and a unit; ``Strategy(**values)`` validates them and raises :class:`UserError` naming the
+bad field.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class HParam:
+    kind: type  # int, float, str or bool
+    default: Any
+    unit: str  # e.g. "epochs", "fraction of training", "probability per unit per mini-batch"
+    low: float | None = None  # inclusive bounds of valid values
+    high: float | None = None
+    choices: tuple | None = None
+    search: tuple | None = None  # study default: (low, high) for numbers, or the choices to try
+    help: str = ""
+
+    def check(self, name: str, value: Any, strategy: str) -> Any:
+        field_name = f"{strategy}.{name}"
+        if self.kind is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                value = value.lower() in ("true", "1", "yes")
+            if not isinstance(value, bool):
+                raise UserError(field_name, f"must be true or false, got {value!r}")
+        elif self.kind in (int, float):
+            if isinstance(value, bool):
+                raise UserError(field_name, f"must be a number, got {value!r}")
+            try:
+                v = self.kind(value) if isinstance(value, str) else value
+            except ValueError:
+                raise UserError(field_name, f"must be {self.kind.__name__}, got {value!r}") from None
+            if self.kind is int and isinstance(v, float) and v.is_integer():
+                v = int(v)
+            if self.kind is int and not isinstance(v, int) or not isinstance(v, (int, float)):
+                raise UserError(field_name, f"must be {self.kind.__name__}, got {value!r}")
+            if self.low is not None and v < self.low or self.high is not None and v > self.high:
+                raise UserError(field_name, f"must be in [{self.low}, {self.high}], got {v}")
+            value = self.kind(v)
+        else:
+            value = str(value)
+        if self.choices is not None and value not in self.choices:
+            raise UserError(field_name, f"must be one of {list(self.choices)}, got {value!r}")
+        return value
+
+
+@dataclass
+class EpochPlan:
+    frozen: int = 0  # leading blocks not trained this epoch (no_grad forward, BN eval, out of the optimizer)
+    cached: int = 0  # leading blocks whose output comes from the feature cache (<= frozen)
+    batch_size: int | None = None  # None: the workload's batch size
+    lr_scale: float = 1.0  # multiplies every block's LR this epoch
+
+
+@dataclass
+class Context:
+    model: Any  # the BlockNet (after prepare_model)
+    epochs: int
+    steps_per_epoch: int  # at the workload's batch size
+    batch_size: int
+    lr: float  # base LR
+    device: torch.device
+    seed: int
+    rng: torch.Generator  # CPU generator for the strategy's own draws (seeded)
+    cost: Any  # ldtune.cost.CostTable
+    workdir: Path  # the run's scratch directory (removed or kept by the caller)
+    extra: dict = field(default_factory=dict)
+
+
+class Strategy:
+    """Base class; the default hooks train everything, every step (the baseline)."""
+
+    name: ClassVar[str] = ""
+    hparams: ClassVar[dict[str, HParam]] = {}
+
+    def __init__(self, **values: Any):
+        unknown = sorted(set(values) - set(self.hparams))
+        if unknown:
+            known = ", ".join(self.hparams) or "none"
+            raise UserError(f"{self.name}.{unknown[0]}", f"unknown hyperparameter (known: {known})")
+        self.hp = {k: spec.check(k, values.get(k, spec.default), self.name) for k, spec in self.hparams.items()}
+        self.validate()
+
+    def validate(self) -> None:
+        """Cross-field checks; raise UserError naming the field."""
+
+    # ---------------------------------------------------------------- hooks
+    def prepare_model(self, model) -> None:
+        pass
+
+    def setup(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def epoch_start(self, epoch: int) -> EpochPlan:
+        return EpochPlan()
+
+    def step_start(self, epoch: int, step: int, t: float) -> None:
+        pass
+
+    def lr_factors(self, t: float, sched: float) -> list[float] | None:
+        return None
+
+    def after_backward(self, step: int) -> None:
+        pass
+
+    def epoch_end(self, epoch: int) -> dict:
+        return {}
+
+    def teardown(self) -> None:
+        pass
+
+    @classmethod
+    def card(cls) -> str:
+        return (cls.__doc__ or "").strip()

@@ -1,0 +1,294 @@
+"""The training loop: SGD over a BlockNet, obeying a strategy's plans.
+
+``fit(workload, strategy)`` trains one run and returns a :class:`FitResult`. The loop asks the
+strategy, per epoch and per step, which blocks are frozen or cached, which branches and weights
+run, each block's LR and the batch size; it never names a strategy. Per epoch it measures train
+time with the device synchronized, evaluates the whole net (timed apart) and calls ``callback``
+with the epoch record. A non-finite loss ends the run with status ``diverged``.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import data as data_mod
+from . import models
+from .cache import FeatureCache
+from .cost import CostTable
+from .errors import UserError
+from .strategies import Context, Strategy
+
+
+@dataclass
+class Workload:
+    model: str = "resnet20"
+    dataset: str = "fashion_mnist"
+    epochs: int = 3  # epochs
+    batch_size: int = 128  # images per step
+    lr: float = 0.1  # base learning rate (SGD, per step)
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # L2 coefficient, applied to every trained weight
+    schedule: str = "cosine"  # 'cosine' (to 0 at the end), 'step' (x0.1 at 50% and 75%) or 'constant'
+    label_smoothing: float = 0.0  # fraction of target mass spread over all classes
+    seed: int = 0
+    device: str = "cpu"  # 'cpu', 'cuda' or 'auto'
+    subset: int | None = None  # training images (seeded, class-balanced); None: all
+    width: int | None = None  # CIFAR ResNet stem channels (16 in the paper); None: the model's default
+    image_size: int | None = None  # zero-pad small images to this side in pixels (e.g. 32); None: as stored
+    data_root: str | None = None  # where torchvision keeps downloaded datasets
+
+    SCHEDULES = ("cosine", "step", "constant")
+
+    def validate(self) -> "Workload":
+        if self.model not in models.MODELS:
+            raise UserError("model", f"unknown model {self.model!r}; known: {', '.join(models.MODELS)}")
+        if not (self.dataset in data_mod.DATASETS or self.dataset.startswith("imagefolder:")):
+            raise UserError("dataset", f"unknown dataset {self.dataset!r}; known: {', '.join(data_mod.DATASETS)}")
+        for name, lo in (("epochs", 1), ("batch_size", 1)):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise UserError(name, f"must be an integer >= {lo}, got {v!r}")
+        for name in ("lr", "momentum", "weight_decay", "label_smoothing"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                raise UserError(name, f"must be a finite number >= 0, got {v!r}")
+        if self.schedule not in self.SCHEDULES:
+            raise UserError("schedule", f"must be one of {list(self.SCHEDULES)}, got {self.schedule!r}")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise UserError("device", f"must be cpu, cuda or auto, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise UserError("device", "cuda requested but no CUDA device is available")
+        for name in ("subset", "width", "image_size"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise UserError(name, f"must be a positive integer, got {v!r}")
+        if self.data_root is not None and not Path(self.data_root).is_dir():
+            raise UserError("data_root", f"no such directory: {self.data_root}")
+        return self
+
+    def resolved_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+
+@dataclass
+class FitResult:
+    status: str  # 'ok' | 'diverged'
+    test_accuracy: float
+    train_time_s: float
+    eval_time_s: float
+    train_flops: int
+    baseline_flops: int  # what a baseline run of the same workload would cost, from the cost table
+    flops_saved: float
+    device_name: str
+    epochs: list[dict] = field(default_factory=list)
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def lr_schedule(kind: str, t: float) -> float:
+    """Multiplier of the base LR at fraction ``t`` of training."""
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
+    if kind == "step":
+        return 0.1 ** ((t >= 0.5) + (t >= 0.75))
+    return 1.0
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+    return f"cpu:{platform.processor() or platform.machine()}:{torch.get_num_threads()}t"
+
+
+class _Sync:
+    def __init__(self, device):
+        self.device = device
+
+    def __call__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def load_data(w: Workload):
+    return data_mod.load(w.dataset, subset=w.subset, seed=w.seed, device=w.resolved_device(), root=w.data_root,
+                         image_size=w.image_size)
+
+
+def build_model(w: Workload, data) -> models.BlockNet:
+    return models.build(w.model, data.in_channels, data.num_classes, width=w.width, image_size=data.image_size)
+
+
+def fit(w: Workload, strategy: Strategy, callback: Callable[[dict], None] | None = None, data=None,
+        workdir: str | Path | None = None) -> FitResult:
+    """Train one run of workload ``w`` with ``strategy``; see the module docstring."""
+    w.validate()
+    dev = torch.device(w.resolved_device())
+    torch.manual_seed(w.seed)
+    data = data if data is not None else load_data(w)
+    model = build_model(w, data).to(dev)
+    strategy.prepare_model(model)
+    model.to(dev)
+    cost = CostTable(model, tuple(data.train_x.shape[1:]) if hasattr(data, "train_x")
+                     else (data.in_channels, data.image_size, data.image_size), dev)
+    cuda = dev.type == "cuda"
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+    tmp = None
+    if workdir is None:
+        tmp = workdir = tempfile.mkdtemp(prefix="ldtune-run-")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+
+    # one param group per block, and one for the head: per-block LR and freezing by group
+    groups = [list(b.parameters()) for b in model.blocks] + [list(model.head.parameters())]
+    opt = torch.optim.SGD([{"params": g, "block": i} for i, g in enumerate(groups) if g], lr=w.lr,
+                          momentum=w.momentum, weight_decay=w.weight_decay)
+    steps = data.steps_per_epoch(w.batch_size)
+    if steps < 1:
+        raise UserError("batch_size", f"{w.batch_size} is larger than the training set ({data.num_train})")
+    gen = torch.Generator(device="cpu").manual_seed(w.seed)
+    ctx = Context(model=model, epochs=w.epochs, steps_per_epoch=steps, batch_size=w.batch_size, lr=w.lr,
+                  device=dev, seed=w.seed, rng=torch.Generator().manual_seed(w.seed + 1), cost=cost,
+                  workdir=workdir, extra={"data": data})
+    strategy.setup(ctx)
+    sync = _Sync(dev)
+    cache = FeatureCache(dev)
+    frozen = cached = 0
+    train_flops = 0
+    records: list[dict] = []
+    status, err = "ok", None
+    acc, train_time, eval_time = 0.0, 0.0, 0.0
+    baseline = cost.full_step() * steps * w.batch_size * w.epochs
+    try:
+        for epoch in range(w.epochs):
+            plan = strategy.epoch_start(epoch)
+            sync()
+            t0 = time.perf_counter()
+            epoch_flops = 0
+            if plan.frozen < frozen or plan.cached > plan.frozen or plan.cached < cached:
+                raise RuntimeError(f"{strategy.name}: the frozen/cached prefix may only grow "
+                                   f"(frozen {frozen}->{plan.frozen}, cached {cached}->{plan.cached})")
+            if plan.frozen > frozen:
+                _freeze(model, opt, frozen, plan.frozen)
+                frozen = plan.frozen
+            if plan.cached > cached:
+                if cached == 0:
+                    cache.build(model.blocks, data, plan.cached, autocast=autocast)
+                else:
+                    cache.advance(model.blocks, plan.cached, autocast=autocast)
+                epoch_flops += cost.forward(cached, plan.cached) * cache.features.shape[0]
+                cached = plan.cached
+            bs = plan.batch_size or w.batch_size
+            n_steps = (cache.features.shape[0] if cached else data.num_train) // bs
+            batches = cache.batches(bs, gen) if cached else data.train_batches(bs, gen)
+            loss_sum = torch.zeros((), device=dev)
+            for step, b in enumerate(batches):
+                t = (epoch + step / max(n_steps, 1)) / w.epochs
+                strategy.step_start(epoch, step, t)
+                sched = lr_schedule(w.schedule, t)
+                factors = strategy.lr_factors(t, sched)
+                for g in opt.param_groups:
+                    g["lr"] = w.lr * plan.lr_scale * (sched if factors is None else factors[g["block"]])
+                x = b.x.to(memory_format=torch.channels_last) if cuda and b.x.ndim == 4 else b.x
+                with autocast():
+                    if cached < frozen:
+                        with torch.no_grad():
+                            for blk in model.blocks[cached:frozen]:
+                                x = blk(x)
+                    out = model.forward_from(x, frozen)
+                    loss = F.cross_entropy(out, b.y, label_smoothing=w.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                strategy.after_backward(step)
+                opt.step()
+                loss_sum += loss.detach()
+                epoch_flops += cost.step(cached, frozen) * b.x.shape[0]
+            sync()
+            epoch_time = time.perf_counter() - t0
+            train_time += epoch_time
+            train_flops += epoch_flops
+            train_loss = (loss_sum / max(n_steps, 1)).item()
+            e0 = time.perf_counter()
+            acc = evaluate(model, data, autocast, frozen)
+            sync()
+            eval_time += time.perf_counter() - e0
+            rec = {"epoch": epoch, "test_accuracy": acc, "train_loss": train_loss, "epoch_time_s": epoch_time,
+                   "epoch_flops": int(epoch_flops),
+                   "trainable_params": sum(p.numel() for b in model.blocks[frozen:] for p in b.parameters())
+                   + sum(p.numel() for p in model.head.parameters()),
+                   "active_blocks": len(model.blocks) - frozen, "cache_tier": cache.tier if cached else "none",
+                   "cache_bytes": cache.nbytes if cached else 0}
+            rec.update(strategy.epoch_end(epoch))
+            records.append(rec)
+            if callback is not None:
+                callback(dict(rec))
+            if not math.isfinite(train_loss):
+                status, err = "diverged", f"non-finite training loss in epoch {epoch}"
+                break
+    finally:
+        strategy.teardown()
+        cache.close()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return FitResult(status=status, test_accuracy=acc, train_time_s=train_time, eval_time_s=eval_time,
+                     train_flops=int(train_flops), baseline_flops=int(baseline),
+                     flops_saved=1.0 - train_flops / baseline if baseline else 0.0, device_name=device_name(dev),
+                     epochs=records, error=err)
+
+
+def _freeze(model: models.BlockNet, opt: torch.optim.Optimizer, lo: int, hi: int) -> None:
+    """Freeze blocks[lo:hi]: no grads, BatchNorm in eval, out of the optimizer (state dropped)."""
+    for b in model.blocks[lo:hi]:
+        b.eval()
+        for p in b.parameters():
+            p.requires_grad_(False)
+            p.grad = None
+            opt.state.pop(p, None)
+    opt.param_groups[:] = [g for g in opt.param_groups if not lo <= g["block"] < hi]
+
+
+@torch.no_grad()
+def evaluate(model: models.BlockNet, data, autocast=contextlib.nullcontext, frozen: int = 0,
+             batch_size: int = 1000) -> float:
+    """Top-1 accuracy of the whole net on the test set; restores train mode for unfrozen blocks."""
+    model.eval()
+    correct = total = 0
+    cuda = next(model.parameters()).is_cuda
+    for x, y in data.test_batches(batch_size):
+        if cuda:
+            x = x.to(memory_format=torch.channels_last)
+        with autocast():
+            out = model(x)
+        correct += (out.argmax(1) == y).sum()
+        total += y.numel()
+    model.train()
+    for b in model.blocks[:frozen]:
+        b.eval()
+    return float(correct) / max(total, 1)
+
+
+def set_threads() -> None:
+    """Use every core for intra-op work (Ray workers default to one thread)."""
+    import os
+    n = int(os.environ.get("LDTUNE_THREADS", "0")) or os.cpu_count() or 1
+    torch.set_num_threads(n)
+
+
+__all__ = ["Workload", "FitResult", "fit", "evaluate", "lr_schedule", "load_data", "build_model", "nn"]
