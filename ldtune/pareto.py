@@ -1,0 +1,130 @@
+"""Pareto fronts of study results: (max ``test_accuracy``, max ``time_saved``).
+
+``nondominated`` is the vectorized sort; ``load`` reads the Parquet files of every study under a
+directory; ``pareto`` filters trials and returns their fronts (``fronts`` is the
+``pareto.parquet`` contract: one copy per strategy front plus the global front ``all``).
+``ldtune.results`` re-exports ``load`` and ``pareto``.
+
+The dominance rule: point j dominates point i when it is at least as good on both objectives and
+strictly better on one. So exact duplicates never dominate each other: every copy of a
+non-dominated point is kept, and every copy of a dominated point is dropped. A point with a
+missing (NaN) objective is never on a front and dominates nothing.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import UserError
+
+GROUP_KEYS = ("study", "model", "dataset")
+
+
+def nondominated(acc, saved) -> np.ndarray:
+    """Boolean mask of the points not dominated by another one (maximize both ``acc`` and ``saved``).
+
+    O(n log n): sort by accuracy, then time saved, both descending. A point is dominated if some
+    point with strictly higher accuracy saves at least as much time (the running maximum of
+    ``saved`` over the earlier accuracy groups), or if a point with the same accuracy saves
+    strictly more (the first point of its own accuracy group).
+    """
+    acc = np.asarray(acc, dtype=float)
+    saved = np.asarray(saved, dtype=float)
+    if acc.shape != saved.shape or acc.ndim != 1:
+        raise ValueError("acc and saved must be 1-D arrays of one length")
+    keep = np.zeros(acc.shape, dtype=bool)
+    valid = np.flatnonzero(~(np.isnan(acc) | np.isnan(saved)))
+    if valid.size == 0:
+        return keep
+    order = valid[np.lexsort((-saved[valid], -acc[valid]))]
+    a, s = acc[order], saved[order]
+    new_group = np.r_[True, a[1:] != a[:-1]]
+    start = np.maximum.accumulate(np.where(new_group, np.arange(a.size), 0))  # index of each group's first point
+    running = np.maximum.accumulate(s)
+    best_before = np.where(start > 0, running[np.maximum(start - 1, 0)], -np.inf)  # over higher-accuracy groups
+    keep[order] = (s > best_before) & (s >= s[start])
+    return keep
+
+
+def load(directory, table: str = "trials") -> pd.DataFrame:
+    """Every study's ``trials`` (or ``epochs``) table under ``directory`` as one pandas frame.
+
+    ``directory`` is a results directory (``DIR/<study>/trials.parquet``) or one study's own
+    directory. Rows get a ``study`` column (the directory name) where the file has none.
+    """
+    if table not in ("trials", "epochs", "pareto"):
+        raise UserError("table", f"must be trials, epochs or pareto, got {table!r}")
+    root = Path(directory)
+    if not root.is_dir():
+        raise UserError(str(root), "no such directory")
+    study_dirs = [root] if (root / "trials.parquet").is_file() else sorted(
+        d for d in root.iterdir() if (d / "trials.parquet").is_file())
+    if not study_dirs:
+        raise UserError(str(root), "no study results here (expected DIR/<study>/trials.parquet)")
+    frames = []
+    for d in study_dirs:
+        path = d / f"{table}.parquet"
+        if not path.is_file():
+            continue
+        try:
+            df = pd.read_parquet(path)
+        except Exception as e:  # a truncated or foreign file
+            raise UserError(str(path), f"cannot read Parquet ({type(e).__name__}: {e})") from None
+        if "study" not in df.columns:
+            df.insert(0, "study", d.name)
+        frames.append(df)
+    if not frames:
+        raise UserError(str(root), f"no {table}.parquet in any study directory")
+    frames = [f for f in frames if len(f)] or frames[:1]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _check_filter(df: pd.DataFrame, column: str, value: str | None, flag: str) -> pd.DataFrame:
+    if value is None:
+        return df
+    known = sorted(df[column].dropna().astype(str).unique()) if column in df.columns else []
+    if value not in known:
+        raise UserError(flag, f"no trials with {column} {value!r} (present: {', '.join(known) or 'none'})")
+    return df[df[column] == value]
+
+
+def pareto(df: pd.DataFrame, by=("model", "dataset"), *, model: str | None = None, dataset: str | None = None,
+           strategy: str | None = None, max_accuracy_drop: float | None = None) -> pd.DataFrame:
+    """The fronts of the ``ok`` trials in ``df``, per group of ``by`` (columns that exist).
+
+    Returns the front rows with a ``front`` column: the strategy name for that strategy's own
+    front, ``all`` for the global front of the group (a row on both appears twice). Filters:
+    ``model``/``dataset``/``strategy`` (an unknown value is a :class:`UserError`), and
+    ``max_accuracy_drop`` in percentage points: only trials with ``accuracy_delta >= -PP/100``
+    (the fronts of the rest are the unfiltered fronts cut at the limit). With ``strategy`` the
+    global front is that strategy's front too.
+    """
+    for col in ("test_accuracy", "time_saved", "strategy", "status"):
+        if col not in df.columns:
+            raise UserError("trials", f"missing column {col!r}")
+    df = _check_filter(df, "model", model, "--model")
+    df = _check_filter(df, "dataset", dataset, "--dataset")
+    df = _check_filter(df, "strategy", strategy, "--strategy")
+    df = df[df["status"] == "ok"]
+    if max_accuracy_drop is not None:
+        if not np.isfinite(max_accuracy_drop) or max_accuracy_drop < 0:
+            raise UserError("--max-accuracy-drop", f"must be a number of percentage points >= 0, got {max_accuracy_drop}")
+        df = df[df["accuracy_delta"] >= -max_accuracy_drop / 100.0]
+    keys = [k for k in by if k in df.columns]
+    out = []
+    for _, g in (df.groupby(keys, sort=True, dropna=False) if keys else [((), df)]):
+        for name, part in [("all", g)] + sorted(g.groupby("strategy", sort=True), key=lambda kv: kv[0]):
+            front = part[nondominated(part["test_accuracy"], part["time_saved"])]
+            out.append(front.assign(front=name))
+    if not out:
+        return df.iloc[0:0].assign(front=pd.Series(dtype=str))
+    res = pd.concat(out, ignore_index=True)
+    return res.sort_values([*keys, "front", "time_saved", "test_accuracy"], ascending=[True] * len(keys) + [True, False, False],
+                           kind="stable", ignore_index=True)
+
+
+def fronts(trials: pd.DataFrame) -> pd.DataFrame:
+    """``pareto.parquet``: per (study, model, dataset), every strategy's front and the global one."""
+    return pareto(trials, by=GROUP_KEYS)
