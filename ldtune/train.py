@@ -141,10 +141,13 @@ def fit(w: Workload, strategy: Strategy, callback: Callable[[dict], None] | None
     torch.manual_seed(w.seed)
     data = data if data is not None else load_data(w)
     model = build_model(w, data).to(dev)
+    shape = tuple(data.train_x.shape[1:]) if hasattr(data, "train_x") else (data.in_channels, data.image_size,
+                                                                          data.image_size)
+    # the baseline's cost comes from the net as built, before a strategy may change it (e.g. new shortcuts)
+    base_cost, before = CostTable(model, shape, dev), [id(m) for m in model.modules()]
     strategy.prepare_model(model)
     model.to(dev)
-    cost = CostTable(model, tuple(data.train_x.shape[1:]) if hasattr(data, "train_x")
-                     else (data.in_channels, data.image_size, data.image_size), dev)
+    cost = base_cost if [id(m) for m in model.modules()] == before else CostTable(model, shape, dev)
     cuda = dev.type == "cuda"
     if cuda:
         model = model.to(memory_format=torch.channels_last)
@@ -175,7 +178,7 @@ def fit(w: Workload, strategy: Strategy, callback: Callable[[dict], None] | None
     records: list[dict] = []
     status, err = "ok", None
     acc, train_time, eval_time = 0.0, 0.0, 0.0
-    baseline = cost.full_step() * steps * w.batch_size * w.epochs
+    baseline = base_cost.full_step() * steps * w.batch_size * w.epochs
     try:
         for epoch in range(w.epochs):
             plan = strategy.epoch_start(epoch)
