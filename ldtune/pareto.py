@@ -43,8 +43,8 @@ def nondominated(acc, saved) -> np.ndarray:
     new_group = np.r_[True, a[1:] != a[:-1]]
     start = np.maximum.accumulate(np.where(new_group, np.arange(a.size), 0))  # index of each group's first point
     running = np.maximum.accumulate(s)
-    best_before = np.where(start > 0, running[np.maximum(start - 1, 0)], -np.inf)  # over higher-accuracy groups
-    keep[order] = (s > best_before) & (s >= s[start])
+    beaten = (start > 0) & (s <= running[np.maximum(start - 1, 0)])  # by a point of higher accuracy
+    keep[order] = ~beaten & (s >= s[start])
     return keep
 
 
@@ -81,6 +81,11 @@ def load(directory, table: str = "trials") -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def within_drop(accuracy_delta, max_accuracy_drop: float):
+    """``accuracy_delta >= -PP/100``, up to float rounding (0.84 - 0.85 is a drop of exactly 1 pp)."""
+    return accuracy_delta >= -max_accuracy_drop / 100.0 - 1e-9
+
+
 def _check_filter(df: pd.DataFrame, column: str, value: str | None, flag: str) -> pd.DataFrame:
     if value is None:
         return df
@@ -111,7 +116,7 @@ def pareto(df: pd.DataFrame, by=("model", "dataset"), *, model: str | None = Non
     if max_accuracy_drop is not None:
         if not np.isfinite(max_accuracy_drop) or max_accuracy_drop < 0:
             raise UserError("--max-accuracy-drop", f"must be a number of percentage points >= 0, got {max_accuracy_drop}")
-        df = df[df["accuracy_delta"] >= -max_accuracy_drop / 100.0]
+        df = df[within_drop(df["accuracy_delta"], max_accuracy_drop)]
     keys = [k for k in by if k in df.columns]
     out = []
     for _, g in (df.groupby(keys, sort=True, dropna=False) if keys else [((), df)]):

@@ -1,0 +1,217 @@
+"""Pareto sort (property tests against brute force), fronts, load, and the ``ldtune pareto`` CLI."""
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from ldtune.cli import main as cli
+from ldtune.pareto import fronts, load, nondominated, pareto
+
+
+def brute_nondominated(acc, saved):
+    """The definition, one pair at a time: j dominates i if >= on both and > on one; NaN never counts."""
+    pts = list(zip(acc, saved))
+    ok = [not (math.isnan(a) or math.isnan(s)) for a, s in pts]
+    keep = []
+    for i, (a, s) in enumerate(pts):
+        keep.append(ok[i] and not any(ok[j] and b >= a and t >= s and (b > a or t > s) for j, (b, t) in enumerate(pts)))
+    return np.array(keep, dtype=bool)
+
+
+# few distinct values, so ties on one objective and exact duplicates are common; some NaN and inf
+coord = st.one_of(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0, -0.0, float("inf"), -float("inf")]),
+                  st.floats(-1, 1, allow_nan=False), st.just(float("nan")))
+points = st.lists(st.tuples(coord, coord), max_size=40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(points)
+def test_nondominated_matches_brute_force(pts):
+    acc = np.array([a for a, _ in pts], dtype=float)
+    saved = np.array([s for _, s in pts], dtype=float)
+    assert nondominated(acc, saved).tolist() == brute_nondominated(acc, saved).tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(points, st.randoms(use_true_random=False))
+def test_nondominated_is_order_free_and_keeps_every_duplicate(pts, rnd):
+    acc = np.array([a for a, _ in pts] * 2, dtype=float)  # every point twice
+    saved = np.array([s for _, s in pts] * 2, dtype=float)
+    keep = nondominated(acc, saved)
+    n = len(pts)
+    assert keep[:n].tolist() == keep[n:].tolist()  # duplicates share their fate
+    perm = list(range(2 * n))
+    rnd.shuffle(perm)
+    assert nondominated(acc[perm], saved[perm]).tolist() == keep[perm].tolist()
+    finite = ~(np.isnan(acc) | np.isnan(saved))
+    if finite.any():  # a non-empty set always has a front, and the best accuracy is on it
+        assert keep.any()
+        best = np.nanmax(np.where(finite, acc, np.nan))
+        assert keep[finite & (acc == best)].any()
+
+
+def test_nondominated_small_cases():
+    assert nondominated([], []).tolist() == []
+    assert nondominated([0.9], [0.1]).tolist() == [True]
+    # (0.9, 0.1) twice, one dominated point, one tie on accuracy with less saving, one trade-off point
+    acc = [0.9, 0.9, 0.8, 0.9, 0.7]
+    saved = [0.1, 0.1, 0.05, 0.0, 0.3]
+    assert nondominated(acc, saved).tolist() == [True, True, False, False, True]
+    with pytest.raises(ValueError):
+        nondominated([1.0, 2.0], [1.0])
+
+
+def trial(tid, strategy, acc, saved, flops, study="quick", model="resnet20", dataset="fashion_mnist", status="ok",
+          epochs=4, **hp):
+    row = dict(study=study, trial_id=tid, strategy=strategy, model=model, dataset=dataset, epochs=epochs, seed=0,
+               status=status, error=None if status == "ok" else "boom", test_accuracy=acc, train_time_s=10 * (1 - saved),
+               train_flops=1e9 * (1 - flops), flops_saved=flops, time_saved=saved, speedup=1 / (1 - saved),
+               accuracy_delta=acc - 0.85, device_name="cpu", warmup_epochs=None, p=None, s=None, kappa=None, t0=None,
+               schedule=None, scale_lr=None)
+    row.update(hp)
+    return row
+
+
+def write_study(root, name, rows):
+    d = root / name
+    d.mkdir(parents=True)
+    df = pd.DataFrame(rows)
+    df["warmup_epochs"] = df["warmup_epochs"].astype("Int64")
+    df["s"] = df["s"].astype("Int64")
+    df["scale_lr"] = df["scale_lr"].astype("boolean")
+    df.to_parquet(d / "trials.parquet")
+    epochs = pd.DataFrame([dict(trial_id=r["trial_id"], epoch=e, test_accuracy=r["test_accuracy"], train_loss=1.0 / (e + 1),
+                                epoch_time_s=1.0, epoch_flops=1e8, trainable_params=1000, active_blocks=10)
+                           for r in rows for e in range(2)])
+    epochs.to_parquet(d / "epochs.parquet")
+    return d
+
+
+@pytest.fixture
+def results(tmp_path):
+    write_study(tmp_path, "quick", [
+        trial("b0", "baseline", 0.85, 0.00, 0.0),
+        trial("b1", "baseline", 0.86, -0.01, 0.0),
+        trial("f1", "freezing", 0.84, 0.20, 0.25, warmup_epochs=1),
+        trial("f2", "freezing", 0.85, 0.10, 0.12, warmup_epochs=2),
+        trial("f3", "freezing", 0.83, 0.05, 0.06, warmup_epochs=3),  # dominated by f1 and f2
+        trial("l1", "layerdropback", 0.80, 0.30, 0.30, p=0.5, s=2, kappa=1.0),
+        trial("l2", "layerdropback", 0.99, 0.90, 0.90, status="error", p=0.9, s=1, kappa=2.0),  # failed: ignored
+        trial("z1", "freezeout", 0.83, 0.15, 0.20, t0=0.5, schedule="cubic", scale_lr=True),
+    ])
+    write_study(tmp_path, "other", [  # same workload in a second study, plus another dataset
+        trial("b0", "baseline", 0.85, 0.0, 0.0, study="other"),
+        trial("z2", "freezeout", 0.84, 0.15, 0.20, study="other", t0=0.8, schedule="linear", scale_lr=False),
+        trial("m0", "baseline", 0.97, 0.0, 0.0, study="other", dataset="digits"),
+        trial("m1", "depth_dropout", 0.97, 0.05, 0.10, study="other", dataset="digits", p=0.25),
+    ])
+    return tmp_path
+
+
+def run_cli(capsys, *argv):
+    code = cli(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+GOLDEN_ALL = """\
+resnet20 / digits: global front (1 trial)
+strategy       hyperparameters  accuracy %  acc delta pp  time saved %  FLOPs saved %
+depth_dropout  p=0.25                97.00        +12.00           5.0           10.0
+
+resnet20 / fashion_mnist: global front (4 trials)
+strategy       hyperparameters    accuracy %  acc delta pp  time saved %  FLOPs saved %
+baseline       -                       86.00         +1.00          -1.0            0.0
+freezing       warmup_epochs=2         85.00         +0.00          10.0           12.0
+freezing       warmup_epochs=1         84.00         -1.00          20.0           25.0
+layerdropback  p=0.5 s=2 kappa=1       80.00         -5.00          30.0           30.0
+"""
+
+
+def test_cli_table_golden(results, capsys):
+    code, out, err = run_cli(capsys, "pareto", str(results))
+    assert (code, err) == (0, "")
+    assert out == GOLDEN_ALL
+
+
+def test_cli_by_strategy_and_filters(results, capsys):
+    code, out, _ = run_cli(capsys, "pareto", str(results), "--by", "strategy", "--dataset", "fashion_mnist",
+                           "--max-accuracy-drop", "1")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "resnet20 / fashion_mnist: front of each strategy (6 trials)"
+    rows = [ln.split()[:2] for ln in lines[2:]]
+    # baseline: b1 (0.86, -0.01) and b0 (0.85, 0.0) trade off, and b0 of study "other" duplicates b0;
+    # z1, f3 (2 pp down) and l1 (5 pp down) are over the limit
+    assert rows == [["baseline", "-"]] * 3 + [["freezeout", "t0=0.8"], ["freezing", "warmup_epochs=2"],
+                                              ["freezing", "warmup_epochs=1"]]
+    code, out, _ = run_cli(capsys, "pareto", str(results), "--strategy", "freezing", "--format", "csv")
+    df = pd.read_csv(io.StringIO(out))
+    assert code == 0 and set(df["trial_id"]) == {"f1", "f2"} and set(df["front"]) == {"all"}
+
+
+def test_cli_json_reads_back(results, capsys):
+    code, out, _ = run_cli(capsys, "pareto", str(results), "--format", "json", "--by", "strategy")
+    recs = json.loads(out)
+    assert code == 0
+    got = {(r["dataset"], r["front"], r["trial_id"]) for r in recs}
+    assert got == {("digits", "baseline", "m0"), ("digits", "depth_dropout", "m1"),
+                   ("fashion_mnist", "baseline", "b0"), ("fashion_mnist", "baseline", "b1"),
+                   ("fashion_mnist", "freezing", "f1"), ("fashion_mnist", "freezing", "f2"),
+                   ("fashion_mnist", "freezeout", "z2"), ("fashion_mnist", "layerdropback", "l1")}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "vgg11_bn"], "ldtune: error: --model: no trials with model 'vgg11_bn' (present: resnet20)\n"),
+    (["--strategy", "nope"], "ldtune: error: --strategy: no trials with strategy 'nope'"),
+    (["--dataset", "cifar10"], "ldtune: error: --dataset: no trials with dataset 'cifar10'"),
+    (["--max-accuracy-drop", "-1"], "ldtune: error: --max-accuracy-drop: must be"),
+    (["--max-accuracy-drop", "nan"], "ldtune: error: --max-accuracy-drop: must be"),
+])
+def test_cli_bad_filters_exit_2(results, capsys, argv, message):
+    code, out, err = run_cli(capsys, "pareto", str(results), *argv)
+    assert (code, out) == (2, "") and err.startswith(message) and err.count("\n") == 1
+
+
+def test_cli_bad_format_exit_2(results, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli(["pareto", str(results), "--format", "xml"])
+    assert exc.value.code == 2 and "--format" in capsys.readouterr().err
+
+
+def test_cli_missing_or_empty_dir_exit_2(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "pareto", str(tmp_path / "absent"))
+    assert code == 2 and err == f"ldtune: error: {tmp_path / 'absent'}: no such directory\n"
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(capsys, "pareto", str(tmp_path / "empty"))
+    assert code == 2 and err.startswith(f"ldtune: error: {tmp_path / 'empty'}: no study results")
+    bad = tmp_path / "bad" / "s"
+    bad.mkdir(parents=True)
+    (bad / "trials.parquet").write_bytes(b"not parquet")
+    code, _, err = run_cli(capsys, "pareto", str(tmp_path / "bad"))
+    assert code == 2 and err.startswith(f"ldtune: error: {bad / 'trials.parquet'}: cannot read Parquet")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["bad", "empty", "s", "trials.parquet"]  # nothing written
+
+
+def test_load_and_fronts_api(results):
+    trials = load(results)
+    assert len(trials) == 12 and set(trials["study"]) == {"quick", "other"}
+    epochs = load(results, "epochs")
+    assert set(epochs["study"]) == {"quick", "other"} and len(epochs) == 24
+    one = load(results / "quick")  # a study's own directory works too
+    assert set(one["study"]) == {"quick"}
+    pf = fronts(trials)  # per (study, model, dataset): the pareto.parquet contract
+    quick = pf[(pf["study"] == "quick")]
+    assert set(quick.loc[quick["front"] == "all", "trial_id"]) == {"b1", "f2", "f1", "l1"}
+    assert set(quick.loc[quick["front"] == "freezeout", "trial_id"]) == {"z1"}
+    assert "l2" not in set(pf["trial_id"])
+    pooled = pareto(trials)  # across studies, per (model, dataset): z2 (other) beats z1 (quick)
+    assert set(pooled.loc[(pooled["front"] == "freezeout"), "trial_id"]) == {"z2"}
+    dup = pareto(pd.concat([trials, trials]), by=("model", "dataset"), dataset="digits")
+    assert sorted(dup.loc[dup["front"] == "all", "trial_id"]) == ["m1", "m1"]  # m1 dominates m0 (same accuracy, saves more)
