@@ -1,0 +1,85 @@
+"""``ldtune plot``: figures from real Parquet files written by the test; PNGs read back."""
+from __future__ import annotations
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+
+from ldtune.cli import main as cli
+from ldtune.plots import palette
+
+STRATEGIES = ["baseline", "freezing", "learn_drop", "layerdropback"]
+
+
+def write_results(root, dataset="digits", blocks=4, epochs=5):
+    """One study: 3 trials per strategy, with epochs (and layer scores for the score-based ones)."""
+    rng = np.random.default_rng(0)
+    trials, recs = [], []
+    for k, strategy in enumerate(STRATEGIES):
+        for i in range(3):
+            tid = f"{strategy}_{i}"
+            saved = 0.0 if strategy == "baseline" else 0.1 * k + 0.05 * i
+            trials.append(dict(study="s", trial_id=tid, strategy=strategy, model="resnet20", dataset=dataset,
+                               epochs=epochs, seed=i, status="ok", error=None,
+                               test_accuracy=0.9 - 0.02 * k * i + 0.003 * rng.standard_normal(),
+                               train_time_s=10 * (1 - saved), train_flops=1e9, flops_saved=saved,
+                               time_saved=saved, speedup=1 / (1 - saved), accuracy_delta=0.0, device_name="cpu",
+                               warmup_epochs=i + 1 if "drop" in strategy or strategy == "freezing" else None))
+            for e in range(epochs):
+                frozen = min(max(e - i - 1, 0), blocks - 1) if strategy in ("freezing", "learn_drop") else 0
+                rec = dict(trial_id=tid, epoch=e, test_accuracy=0.5 + 0.08 * e, train_loss=1 / (e + 1),
+                           epoch_time_s=1.0 - 0.1 * frozen, epoch_flops=1e8, trainable_params=100,
+                           active_blocks=blocks - frozen, layer_scores=None, dropped_blocks=None)
+                if strategy in ("freezing", "learn_drop"):
+                    rec["layer_scores"] = [0.2 + 0.1 * b + 0.05 * e for b in range(blocks)]
+                    rec["dropped_blocks"] = frozen
+                recs.append(rec)
+    d = root / "s"
+    d.mkdir(parents=True)
+    pd.DataFrame(trials).to_parquet(d / "trials.parquet")
+    pd.DataFrame(recs).to_parquet(d / "epochs.parquet")
+    return root
+
+
+def share_of_colour(img: np.ndarray, rgb) -> float:
+    return float((np.abs(img[..., :3] - np.asarray(rgb)).max(axis=-1) < 0.03).mean())
+
+
+def test_plot_writes_both_figures_with_a_colour_per_strategy(tmp_path, capsys):
+    results = write_results(tmp_path / "results")
+    out = tmp_path / "fig.png"
+    assert cli(["plot", str(results), "-o", str(out)]) == 0
+    scores = tmp_path / "fig_layer_scores.png"
+    assert capsys.readouterr().out.split() == [str(out), str(scores)]
+    img = mpimg.imread(out)
+    assert img.shape[0] > 300 and img.shape[1] > 1000
+    for strategy, rgb in palette(STRATEGIES).items():  # every strategy's colour is drawn
+        assert share_of_colour(img, rgb) > 1e-4, strategy
+    simg = mpimg.imread(scores)
+    assert simg.shape[1] > 300 and simg[..., :3].std() > 0.05
+
+
+def test_plot_without_layer_scores_writes_one_file(tmp_path, capsys):
+    results = write_results(tmp_path / "results")
+    e = pd.read_parquet(results / "s" / "epochs.parquet").drop(columns=["layer_scores", "dropped_blocks"])
+    e.to_parquet(results / "s" / "epochs.parquet")
+    assert cli(["plot", str(results), "-o", str(tmp_path / "f.png")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png", "results"]
+
+
+@pytest.mark.parametrize("target, message", [
+    ("f.txt", "-o: "), ("nodir/f.png", "-o: "),
+])
+def test_plot_bad_output_exit_2(tmp_path, capsys, target, message):
+    results = write_results(tmp_path / "results")
+    assert cli(["plot", str(results), "-o", str(tmp_path / target)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ldtune: error: " + message) and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+
+
+def test_plot_missing_dir_exit_2(tmp_path, capsys):
+    assert cli(["plot", str(tmp_path / "none"), "-o", str(tmp_path / "f.png")]) == 2
+    assert capsys.readouterr().err == f"ldtune: error: {tmp_path / 'none'}: no such directory\n"
+    assert list(tmp_path.iterdir()) == []
