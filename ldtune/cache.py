@@ -3,60 +3,237 @@
 The loop builds it when a strategy's plan first serves blocks from the cache, and advances it
 through newly frozen blocks (never recomputing from the images). Batches are then read from it
 by training-set index.
+
+Tiers, chosen at every build/advance from the size of the maps (float32, all training samples):
+
+* ``device``: one tensor on the training device, if it fits ``device_budget`` bytes;
+* ``host``: pinned host memory (CUDA devices only), if it fits ``host_budget`` bytes; batches are
+  gathered into pinned buffers and copied to the device asynchronously;
+* ``disk``: a raw float32 ``np.memmap`` file in the run's ``workdir`` (or a temporary directory),
+  removed by ``close()``. Raw arrays only: nothing is pickled or unpickled.
+
+Default budgets: half the free device memory (CUDA) or half the available RAM (CPU, where device
+memory is host memory and there is no separate pinned tier) for ``device``; a quarter of the
+available RAM for ``host``. The environment variables ``LDTUNE_CACHE_DEVICE_BYTES`` and
+``LDTUNE_CACHE_HOST_BYTES`` (bytes) override the defaults; constructor arguments override both.
 """
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from .data import Batch
 
+TIERS = ("device", "host", "disk")
 
-class FeatureCache:
-    def __init__(self, device: torch.device):
-        self.device = torch.device(device)
-        self.depth = 0  # blocks the cached features have gone through
-        self.features: torch.Tensor | None = None
-        self.labels: torch.Tensor | None = None
-        self.tier = "none"
+
+def available_ram() -> int:
+    """Bytes of RAM available now (MemAvailable), or 0 if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 0
+
+
+def _env_bytes(name: str) -> int | None:
+    v = os.environ.get(name)
+    return int(float(v)) if v not in (None, "") else None
+
+
+class _Store:
+    """Rows of float32 maps in one tier; reads return tensors on ``device``."""
+
+    def __init__(self, tier: str, shape: tuple[int, ...], device: torch.device, path: Path | None = None):
+        self.tier, self.shape, self.device, self.path = tier, shape, device, path
+        self.t: torch.Tensor | None = None
+        self.m: np.memmap | None = None
+        if tier == "device":
+            self.t = torch.empty(shape, dtype=torch.float32, device=device)
+        elif tier == "host":
+            self.t = torch.empty(shape, dtype=torch.float32, pin_memory=True)
+        else:
+            self.m = np.memmap(path, dtype=np.float32, mode="w+", shape=shape)
 
     @property
     def nbytes(self) -> int:
-        return 0 if self.features is None else self.features.numel() * self.features.element_size()
+        return int(np.prod(self.shape)) * 4
 
+    def write(self, lo: int, x: torch.Tensor) -> None:
+        """Rows lo .. lo+len(x)."""
+        hi = lo + x.shape[0]
+        if self.m is not None:
+            self.m[lo:hi] = x.detach().float().cpu().numpy()
+        else:
+            self.t[lo:hi].copy_(x.detach().float())
+
+    def rows(self, lo: int, hi: int) -> torch.Tensor:
+        if self.m is not None:
+            return torch.from_numpy(np.ascontiguousarray(self.m[lo:hi])).to(self.device)
+        return self.t[lo:hi].to(self.device, non_blocking=True)
+
+    def gather(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows ``idx`` (a CPU tensor for host/disk, on the device for ``device``)."""
+        if self.tier == "device":
+            return self.t[idx]
+        if self.tier == "host":
+            buf = torch.empty((idx.numel(), *self.shape[1:]), dtype=torch.float32, pin_memory=True)
+            torch.index_select(self.t, 0, idx, out=buf)
+            return buf.to(self.device, non_blocking=True)
+        return torch.from_numpy(self.m[idx.numpy()]).to(self.device)
+
+    def close(self) -> None:
+        self.t = None
+        self.m = None  # the mapping goes when its last view does; the file goes now
+        if self.path is not None:
+            Path(self.path).unlink(missing_ok=True)
+
+
+class FeatureCache:
+    def __init__(self, device: torch.device, workdir: str | Path | None = None, device_budget: int | None = None,
+                 host_budget: int | None = None):
+        self.device = torch.device(device)
+        self.workdir = Path(workdir) if workdir is not None else None
+        self.device_budget = device_budget  # bytes for the device tier; None: env or default
+        self.host_budget = host_budget  # bytes for pinned host memory (CUDA only); None: env or default
+        self.depth = 0  # blocks the cached features have gone through
+        self.labels: torch.Tensor | None = None  # on the device, by training-set index
+        self.store: _Store | None = None
+        self._files = 0
+        self._tmpdir: str | None = None
+
+    # ---------------------------------------------------------------- state
+    @property
+    def tier(self) -> str:
+        return "none" if self.store is None else self.store.tier
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.store is None else self.store.nbytes
+
+    @property
+    def num_samples(self) -> int:
+        return 0 if self.store is None else self.store.shape[0]
+
+    @property
+    def features(self) -> torch.Tensor:
+        """The cached maps as one tensor, without copying: on the device, in pinned host memory, or
+        (disk tier) a CPU view of the memory-mapped file."""
+        return self.store.t if self.store.m is None else torch.from_numpy(self.store.m)
+
+    def choose_tier(self, nbytes: int) -> str:
+        cuda = self.device.type == "cuda"
+        dev_budget = self.device_budget
+        if dev_budget is None:
+            dev_budget = _env_bytes("LDTUNE_CACHE_DEVICE_BYTES")
+        if dev_budget is None:
+            dev_budget = (torch.cuda.mem_get_info(self.device)[0] if cuda else available_ram()) // 2
+        if nbytes <= dev_budget:
+            return "device"
+        if cuda:
+            host_budget = self.host_budget
+            if host_budget is None:
+                host_budget = _env_bytes("LDTUNE_CACHE_HOST_BYTES")
+            if host_budget is None:
+                host_budget = available_ram() // 4
+            if nbytes <= host_budget:
+                return "host"
+        return "disk"
+
+    def _new_store(self, shape: tuple[int, ...]) -> _Store:
+        tier = self.choose_tier(int(np.prod(shape)) * 4)
+        path = None
+        if tier == "disk":
+            if self.workdir is None:
+                self._tmpdir = self._tmpdir or tempfile.mkdtemp(prefix="ldtune-cache-")
+                self.workdir = Path(self._tmpdir)
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self._files += 1
+            path = self.workdir / f"feature-cache-{os.getpid()}-{id(self)}-{self._files}.f32"
+        return _Store(tier, shape, self.device, path)
+
+    # ---------------------------------------------------------------- filling
     @torch.no_grad()
     def build(self, blocks, data, depth: int, batch_size: int = 512, autocast=None) -> None:
-        """Run blocks[:depth] (eval mode) once over the training set, without augmentation."""
-        feats, labels = [], []
+        """Run blocks[:depth] once over the training set, without augmentation, in the blocks'
+        current mode (the loop freezes them, i.e. puts them in eval mode, first)."""
+        self.close()
+        autocast = autocast or _null
+        labels = torch.empty(data.num_train, dtype=torch.long, device=self.device)
+        lo = 0
         for b in data.train_plain(batch_size):
             x = b.x
             with autocast():
                 for blk in blocks[:depth]:
                     x = blk(x)
-            feats.append(x.float())
-            labels.append(b.y)
-        self.features, self.labels = torch.cat(feats), torch.cat(labels)
-        self.depth, self.tier = depth, "device"
+            if self.store is None:
+                self.store = self._new_store((data.num_train, *x.shape[1:]))
+            self.store.write(lo, x)
+            labels[lo:lo + x.shape[0]] = b.y.to(self.device)
+            lo += x.shape[0]
+        self.labels, self.depth = labels, depth
 
     @torch.no_grad()
     def advance(self, blocks, depth: int, batch_size: int = 512, autocast=None) -> None:
-        """Push the cached features through blocks[self.depth:depth]."""
-        out = []
-        for s in range(0, self.features.shape[0], batch_size):
-            x = self.features[s:s + batch_size]
+        """Push the cached features through blocks[self.depth:depth] into a new store (whose tier
+        is chosen again for the new size); the old one is freed."""
+        autocast = autocast or _null
+        old, new = self.store, None
+        n = old.shape[0]
+        for lo in range(0, n, batch_size):
+            x = old.rows(lo, min(lo + batch_size, n))
             with autocast():
                 for blk in blocks[self.depth:depth]:
                     x = blk(x)
-            out.append(x.float())
-        self.features, self.depth = torch.cat(out), depth
+            if new is None:
+                new = self._new_store((n, *x.shape[1:]))
+            new.write(lo, x)
+        old.close()
+        self.store, self.depth = new, depth
 
+    # ---------------------------------------------------------------- reading
     def batches(self, batch_size: int, gen: torch.Generator) -> Iterator[Batch]:
-        n = self.features.shape[0]
-        perm = torch.randperm(n, generator=gen, device=gen.device).to(self.device)
+        """One epoch of shuffled batches; the last partial batch is dropped. On the disk tier a
+        batch's rows are read in ascending order (the same set of samples, faster reads)."""
+        n = self.num_samples
+        perm = torch.randperm(n, generator=gen, device=gen.device)
+        on_device = self.tier == "device"
+        if on_device:
+            perm = perm.to(self.device)
         for s in range(0, n - batch_size + 1, batch_size):
             idx = perm[s:s + batch_size]
-            yield Batch(self.features[idx], self.labels[idx], idx)
+            if self.tier == "disk":
+                idx = idx.sort().values
+            x = self.store.gather(idx)
+            dev_idx = idx if on_device else idx.to(self.device, non_blocking=True)
+            yield Batch(x, self.labels[dev_idx], dev_idx)
 
     def close(self) -> None:
-        self.features = self.labels = None
+        if self.store is not None:
+            self.store.close()
+        self.store = self.labels = None
+        self.depth = 0
+        if self._tmpdir is not None:
+            import shutil
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+            self.workdir = None
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *a):
+        return False

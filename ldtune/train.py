@@ -172,7 +172,7 @@ def fit(w: Workload, strategy: Strategy, callback: Callable[[dict], None] | None
                   workdir=workdir, extra={"data": data})
     strategy.setup(ctx)
     sync = _Sync(dev)
-    cache = FeatureCache(dev)
+    cache = FeatureCache(dev, workdir=workdir)  # tiers: device, pinned host, memmap file in workdir
     frozen = cached = 0
     train_flops = 0
     records: list[dict] = []

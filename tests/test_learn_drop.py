@@ -1,0 +1,252 @@
+"""Learn&Drop and score-based freezing: Eqs. 2-4 and the median rule against hand computations,
+and real runs (narrow ResNet-20 on a Fashion-MNIST subset) for what a drop must guarantee."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from ldtune import cli, models, strategies
+from ldtune.cache import FeatureCache
+from ldtune.cost import CostTable
+from ldtune.strategies.freezing import Freezing
+from ldtune.strategies.layer_scores import (ScoreAccumulator, candidate_end, median_rule, select,
+                                            standardize)
+from ldtune.strategies.learn_drop import LearnDrop
+from ldtune.train import Workload, fit, load_data
+
+K = 4  # blocks dropped by the forced-drop runs (stem + the first three units of stage 1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    d = load_data(Workload(dataset="fashion_mnist", subset=512))
+    d.test_x, d.test_y = d.test_x[:500], d.test_y[:500]  # evaluation is not under test here
+    return d
+
+
+def workload(epochs=3):
+    return Workload(model="resnet20", width=4, dataset="fashion_mnist", subset=512, epochs=epochs,
+                    batch_size=64)
+
+
+# ---------------------------------------------------------------- Eqs. 2 and 3 by hand
+def test_scores_equal_eq2_and_eq3_computed_by_hand():
+    g = torch.Generator().manual_seed(0)
+    shapes = [[(2, 3), (4, 1, 1, 1)], [(3, 2)], [(2, 2)]]  # three blocks' weight tensors
+    params = [[torch.zeros(s) for s in blk] for blk in shapes]
+    steps = [[[torch.randn(s, generator=g) for s in blk] for blk in shapes] for _ in range(4)]
+    steps[2][1] = [None]  # block 1 got no gradient in step 2: that step does not count for it
+    steps[1][2] = [torch.ones(2, 2)]  # block 2: +1 then -1 at every weight in steps 1 and 3
+    steps[3][2] = [-torch.ones(2, 2)]
+    acc = ScoreAccumulator(params)
+    for step in steps:
+        acc.add([t for blk in step for t in blk])
+
+    expect = []
+    for b in range(len(shapes)):
+        num = den = 0.0
+        for t, shape in enumerate(shapes[b]):
+            for i in range(int(np.prod(shape))):  # Eq. 2: sum_i |sum_j g_ij| / sum_i sum_j |g_ij|
+                gs = [float(s[b][t].flatten()[i]) for s in steps if s[b][t] is not None]
+                num += abs(sum(gs))
+                den += sum(abs(v) for v in gs)
+        expect.append(1.0 - num / den)
+    got = acc.scores()
+    assert got == pytest.approx(expect, abs=1e-6)
+    assert all(0.0 <= p <= 1.0 for p in got)
+
+    mean = sum(expect) / 3
+    sd = (sum((p - mean) ** 2 for p in expect) / 3) ** 0.5  # Eq. 3, population std
+    assert standardize(got) == pytest.approx([(p - mean) / sd for p in expect], abs=1e-5)
+    assert standardize([0.5, 0.5, 0.5]) == [0.0, 0.0, 0.0]
+
+
+def test_score_extremes():
+    w = [[torch.zeros(3)], [torch.zeros(3)]]
+    acc = ScoreAccumulator(w)
+    g = torch.tensor([1.0, -2.0, 0.5])
+    acc.add([g, g])
+    acc.add([-g, g])  # block 0's gradients cancel: it stopped moving; block 1's agree: it learns
+    assert acc.scores() == pytest.approx([1.0, 0.0])
+
+
+# ---------------------------------------------------------------- Eq. 4 and the median rule
+@pytest.mark.parametrize("ps, eq4, mps", [
+    ([1.0, 0.5, -1.0, 2.0, -1.0], 1, 3),  # Eq. 4 stops at the first sign change; the max sum does not
+    ([-2.0, 1.0, -1.0, 0.5], 1, None),  # Eq. 4 as printed vs the text's max-sum prefix
+    ([0.5, -1.0, 0.4, -1.0], 0, 0),  # the max-sum prefix stops where the sum peaks
+    ([1.0, 1.0, 1.0, -3.0], 2, 2),  # everything but the last block
+    ([1.0, 1.0, 5.0], None, 1),  # no negative follows (Eq. 4); the last block is never a candidate
+    ([0.0, 0.0, 0.0], None, None),
+    ([2.0], None, None),
+])
+def test_candidate_end_on_fixed_vectors(ps, eq4, mps):
+    assert candidate_end(ps, "eq4") == eq4
+    assert candidate_end(ps, "max_prefix_sum") == mps
+
+
+def test_median_rule_and_select():
+    assert median_rule([0.2, 0.4, 1.0], [])  # nothing dropped yet: passes
+    assert median_rule([0.2, 0.4, 1.0], [0.3, 0.5])  # M_c = 0.4 >= M_d = 0.4
+    assert not median_rule([0.2, 0.4, 1.0], [0.5])
+    p = [0.9, 0.8, 0.2, 0.3, 0.1]  # raw P_l of the active blocks
+    ps = standardize(p)  # [+, +, -, -, -]
+    assert select(p, []) == (2, ps)
+    assert select(p, [], min_drop=2)[0] == 2 and select(p, [], min_drop=3)[0] == 0
+    m_c = float(np.median(ps[:2]))
+    assert select(p, [m_c + 0.01])[0] == 0  # M_c < M_d: wait
+    assert select(p, [m_c + 0.01], use_median=False)[0] == 2
+    assert select(p, [m_c - 0.01])[0] == 2
+
+
+# ---------------------------------------------------------------- real runs
+class _ForcedDrop:
+    """Select K blocks at the end of epoch 0 (whatever the scores), and snapshot them at the start
+    of epoch 1; everything else is the real strategy."""
+
+    def epoch_start(self, epoch):
+        plan = super().epoch_start(epoch)
+        if epoch == 1:
+            self.snapshot = copy.deepcopy(self.ctx.model.state_dict())
+        return plan
+
+    def epoch_end(self, epoch):
+        rec = super().epoch_end(epoch)
+        if epoch == 0:
+            self.dropped = rec["drop_selected"] = K
+        return rec
+
+
+class ForcedLearnDrop(_ForcedDrop, LearnDrop):
+    pass
+
+
+class ForcedFreezing(_ForcedDrop, Freezing):
+    pass
+
+
+@pytest.mark.parametrize("cls", [ForcedLearnDrop, ForcedFreezing])
+def test_dropped_prefix_is_bit_identical_and_costs_what_it_should(cls, data, tmp_path):
+    s = cls(warmup_epochs=100)
+    w = workload()
+    r = fit(w, s, data=data, workdir=tmp_path)
+    assert r.status == "ok"
+    model, cost = s.ctx.model, s.ctx.cost
+    end = model.state_dict()
+    prefix = [k for k in end if k.startswith("blocks.") and int(k.split(".")[1]) < K]
+    assert any("running_mean" in k for k in prefix)
+    for k in prefix:  # weights and BN running statistics: not one bit moved
+        assert torch.equal(end[k], s.snapshot[k]), k
+    assert not torch.equal(end[f"blocks.{K}.branch.0.weight"], s.snapshot[f"blocks.{K}.branch.0.weight"])
+    assert not torch.equal(end["head.2.weight"], s.snapshot["head.2.weight"])
+
+    steps, bs = 512 // 64, 64
+    e0, e1, e2 = r.epochs
+    assert [e["dropped_blocks"] for e in r.epochs] == [0, K, K]
+    assert [e["active_blocks"] for e in r.epochs] == [len(model.blocks), len(model.blocks) - K,
+                                                     len(model.blocks) - K]
+    assert e2["trainable_params"] == sum(p.numel() for p in model.parameters()) - sum(
+        p.numel() for p in model.blocks[:K].parameters())
+    assert len(e2["layer_scores"]) == len(model.blocks)
+    assert e2["layer_scores"][:K] == e0["layer_scores"][:K]  # the dropped blocks keep their scores
+    # cost: the cached prefix has no forward at all; the frozen one runs forward, no backward
+    assert cost.step(K, K) == cost.step(0, K) - cost.forward(0, K)
+    assert e0["epoch_flops"] == steps * bs * cost.full_step()
+    if cls is ForcedLearnDrop:
+        assert e2["epoch_flops"] == steps * bs * cost.step(K, K)
+        assert e1["epoch_flops"] == e2["epoch_flops"] + 512 * cost.forward(0, K)  # the one cache build
+        assert e1["cache_tier"] == "device" and e1["cache_bytes"] == 512 * 4 * 28 * 28 * 4
+    else:
+        assert e1["epoch_flops"] == e2["epoch_flops"] == steps * bs * cost.step(0, K)
+        assert e1["cache_tier"] == "none"
+    assert not list(tmp_path.iterdir())  # nothing left in the run's directory
+
+
+def test_cached_step_flops_match_flop_counter(data):
+    """A real training step from cached maps, counted by FlopCounterMode, is what the table says:
+    the cached prefix contributes no FLOPs."""
+    torch.manual_seed(0)
+    model = models.build("resnet20", 1, 10, width=4)
+    cost = CostTable(model, (1, 28, 28))
+    for b in model.blocks[:K]:
+        b.eval()
+        b.requires_grad_(False)
+    with torch.no_grad():
+        x = data.train_x[:32]
+        for b in model.blocks[:K]:
+            x = b(x)
+    with FlopCounterMode(display=False) as fc:
+        F.cross_entropy(model.forward_from(x, K), data.train_y[:32]).backward()
+    assert fc.get_total_flops() == 32 * cost.step(K, K)
+
+
+@pytest.mark.parametrize("device_budget", [None, 0])  # device tier, then the memmap tier
+def test_head_from_cache_matches_head_through_frozen_prefix(data, tmp_path, device_budget):
+    torch.manual_seed(0)
+    model = models.build("resnet20", 1, 10, width=4)
+    for b in model.blocks[:K]:  # as the loop freezes: eval mode, no grad
+        b.eval()
+        b.requires_grad_(False)
+    cache = FeatureCache("cpu", workdir=tmp_path, device_budget=device_budget)
+    cache.build(model.blocks, data, K)
+    assert cache.tier == ("device" if device_budget is None else "disk")
+    batch = next(cache.batches(64, torch.Generator().manual_seed(1)))
+    twin = copy.deepcopy(model)
+
+    loss_cache = F.cross_entropy(model.forward_from(batch.x, K), batch.y)
+    x = data.train_x[batch.idx]
+    with torch.no_grad():
+        for b in twin.blocks[:K]:
+            x = b(x)
+    loss_frozen = F.cross_entropy(twin.forward_from(x, K), data.train_y[batch.idx])
+    assert loss_cache.item() == pytest.approx(loss_frozen.item(), rel=1e-5)
+    loss_cache.backward()
+    loss_frozen.backward()
+    for (n, p), q in zip(model.named_parameters(), twin.parameters()):
+        assert (p.grad is None) == (q.grad is None), n
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+    cache.close()
+    assert not list(tmp_path.iterdir())
+
+
+def test_real_selection_replays_from_the_record(data):
+    """The real strategy's decisions follow from its recorded scores by Eqs. 3-4 and the median rule."""
+    s = strategies.create("learn_drop", warmup_epochs=0)
+    r = fit(workload(), s, data=data)
+    recs = r.epochs
+    nb = len(s.ctx.model.blocks)
+    assert any(e["drop_selected"] > 0 for e in recs)  # this seed drops (so the replay checks a drop)
+    for e, rec in enumerate(recs):
+        z = rec["dropped_blocks"]
+        assert rec["active_blocks"] == nb - z
+        assert len(rec["layer_scores"]) == nb and all(0 <= p <= 1 for p in rec["layer_scores"])
+        assert rec["layer_scores_std"][z:] == pytest.approx(standardize(rec["layer_scores"][z:]))
+        n, _ = select(rec["layer_scores"][z:], rec["layer_scores_std"][:z])
+        assert rec["drop_selected"] == z + n
+        assert rec["drop_selected"] < nb  # the last block and the head always train
+        if e + 1 < len(recs):
+            assert recs[e + 1]["dropped_blocks"] == rec["drop_selected"]
+        assert rec["cache_tier"] == ("device" if z else "none")
+
+
+def test_warmup_delays_selection(data):
+    recs = fit(workload(epochs=2), strategies.create("freezing", warmup_epochs=2), data=data).epochs
+    assert [e["drop_selected"] for e in recs] == [0, 0]
+    assert len(recs[0]["layer_scores"]) == 10  # scores are recorded during warm-up too
+
+
+@pytest.mark.parametrize("setting, field", [("warmup_epochs=-1", "learn_drop.warmup_epochs"),
+                                            ("selection=median", "learn_drop.selection"),
+                                            ("min_drop=0", "learn_drop.min_drop"),
+                                            ("median_rule=maybe", "learn_drop.median_rule"),
+                                            ("cache=disk", "learn_drop.cache")])
+def test_bad_hyperparameter_exits_2_naming_the_field(setting, field, capsys):
+    assert cli.main(["train", "--strategy", "learn_drop", "--set", setting]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"ldtune: error: {field}:")
