@@ -1,0 +1,115 @@
+"""The tiered feature cache: tier choice, exact round trips through the memmap tier, advancing
+through more blocks (across tiers), batches that cover the training set, files removed at close."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ldtune import models
+from ldtune.cache import FeatureCache
+from ldtune.strategies.learn_drop import LearnDrop
+from ldtune.train import Workload, fit, load_data
+
+N = 256  # training images
+
+
+@pytest.fixture(scope="module")
+def data():
+    d = load_data(Workload(dataset="fashion_mnist", subset=N))
+    d.test_x, d.test_y = d.test_x[:256], d.test_y[:256]
+    return d
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    m = models.build("resnet20", 1, 10, width=4).eval()  # eval: as the loop freezes a prefix
+    m.requires_grad_(False)
+    return m
+
+
+def per_sample_bytes(net, data, depth):
+    x = data.train_x[:1]
+    for b in net.blocks[:depth]:
+        x = b(x)
+    return x[0].numel() * 4
+
+
+def test_disk_tier_round_trips_exactly(data, net, tmp_path):
+    ref = FeatureCache("cpu", device_budget=1 << 40)
+    ref.build(net.blocks, data, 3)
+    disk = FeatureCache("cpu", workdir=tmp_path, device_budget=0)
+    disk.build(net.blocks, data, 3)
+    assert (ref.tier, disk.tier) == ("device", "disk")
+    assert disk.nbytes == ref.nbytes == N * per_sample_bytes(net, data, 3) and disk.depth == 3
+    files = list(tmp_path.iterdir())
+    assert len(files) == 1 and files[0].stat().st_size == disk.nbytes
+    raw = np.fromfile(files[0], dtype=np.float32).reshape(ref.features.shape)  # a raw array, no pickle
+    assert torch.equal(torch.from_numpy(raw), ref.features)
+    assert torch.equal(disk.features, ref.features) and torch.equal(disk.labels, data.train_y)
+    disk.close()
+    assert not list(tmp_path.iterdir()) and disk.tier == "none"
+    ref.close()
+
+
+@pytest.mark.parametrize("budget", ["device", "disk", "disk_then_device"])
+def test_advance_equals_building_deeper(data, net, tmp_path, budget):
+    small, big = per_sample_bytes(net, data, 5) * N, per_sample_bytes(net, data, 1) * N
+    assert small < big  # stage 2 halves the maps' size
+    b = {"device": None, "disk": 0, "disk_then_device": small}[budget]
+    deep = FeatureCache("cpu")
+    deep.build(net.blocks, data, 5)
+    c = FeatureCache("cpu", workdir=tmp_path, device_budget=b)
+    c.build(net.blocks, data, 1)
+    assert c.tier == ("device" if budget == "device" else "disk")
+    c.advance(net.blocks, 5)
+    assert c.depth == 5 and c.tier == ("disk" if budget == "disk" else "device")
+    assert len(list(tmp_path.iterdir())) == (budget == "disk")  # the old file is gone
+    torch.testing.assert_close(c.features, deep.features, rtol=0, atol=1e-6)
+    c.close()
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("device_budget", [None, 0])
+def test_batches_cover_the_training_set_once(data, net, tmp_path, device_budget):
+    c = FeatureCache("cpu", workdir=tmp_path, device_budget=device_budget)
+    c.build(net.blocks, data, 2)
+    seen = []
+    for b in c.batches(60, torch.Generator().manual_seed(3)):
+        assert b.x.shape[0] == 60 and b.x.device.type == "cpu"
+        assert torch.equal(b.x, c.features[b.idx]) and torch.equal(b.y, data.train_y[b.idx])
+        seen.append(b.idx)
+    seen = torch.cat(seen)
+    assert len(seen) == (N // 60) * 60 and len(set(seen.tolist())) == len(seen)  # last partial batch dropped
+    c.close()
+
+
+def test_tier_choice(monkeypatch):
+    c = FeatureCache("cpu", device_budget=100)
+    assert c.choose_tier(100) == "device" and c.choose_tier(101) == "disk"  # no pinned tier without CUDA
+    monkeypatch.setenv("LDTUNE_CACHE_DEVICE_BYTES", "10")
+    assert FeatureCache("cpu").choose_tier(11) == "disk"
+    assert FeatureCache("cpu", device_budget=11).choose_tier(11) == "device"  # the argument wins
+    monkeypatch.delenv("LDTUNE_CACHE_DEVICE_BYTES")
+    assert FeatureCache("cpu").choose_tier(1 << 20) == "device"  # default: half the available RAM
+
+
+class _DropAfterFirstEpoch(LearnDrop):
+    def epoch_end(self, epoch):
+        rec = super().epoch_end(epoch)
+        self.dropped = rec["drop_selected"] = 3
+        return rec
+
+
+def test_a_run_uses_the_disk_tier_in_its_workdir_and_cleans_up(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("LDTUNE_CACHE_DEVICE_BYTES", "0")
+    seen = []
+    w = Workload(model="resnet20", width=4, dataset="fashion_mnist", subset=N, epochs=2, batch_size=64)
+    r = fit(w, _DropAfterFirstEpoch(), data=data, workdir=tmp_path,
+            callback=lambda rec: seen.append(sorted(p.name for p in tmp_path.iterdir())))
+    assert r.status == "ok"
+    assert [e["cache_tier"] for e in r.epochs] == ["none", "disk"]
+    assert r.epochs[1]["cache_bytes"] == N * 4 * 28 * 28 * 4
+    assert seen[0] == [] and len(seen[1]) == 1 and seen[1][0].endswith(".f32")  # the file, during the run
+    assert not list(tmp_path.iterdir())  # removed when the run ends
