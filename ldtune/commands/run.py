@@ -1,0 +1,34 @@
+"""``ldtune run STUDY.yaml``: run a study on Ray Tune and write its Parquet results."""
+from __future__ import annotations
+
+import sys
+
+
+def configure(p) -> None:
+    p.add_argument("spec", metavar="STUDY.yaml", help="study spec (see studies/quickstart.yaml)")
+    p.add_argument("--output", default="results", metavar="DIR",
+                   help="results directory: DIR/<study name>/{trials,epochs,pareto}.parquet (default: results)")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="Ray cluster to use ('auto' on a cluster node; default: RAY_ADDRESS, else a local instance)")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted study in DIR: finished trials are kept, the rest run")
+
+
+def main(a) -> int:
+    from .. import study as study_mod
+    from ..runner import run_study
+
+    study = study_mod.load(a.spec)
+    try:
+        outcome = run_study(study, a.output, address=a.address, resume=a.resume)
+    except KeyboardInterrupt:
+        print(f"interrupted; the finished trials are in {a.output}/{study.name}; "
+              f"`ldtune run {a.spec} --output {a.output} --resume` runs the rest", file=sys.stderr)
+        return 130
+    if outcome.interrupted:
+        print(f"interrupted; `ldtune run {a.spec} --output {a.output} --resume` runs the remaining trials",
+              file=sys.stderr)
+        return 130
+    print(f"results: {outcome.study_dir}/trials.parquet, epochs.parquet, pareto.parquet "
+          f"(ldtune pareto {a.output})")
+    return 0

@@ -1,0 +1,15 @@
+"""``ldtune validate STUDY.yaml``: check a study spec without running it (nothing is written)."""
+from __future__ import annotations
+
+
+def configure(p) -> None:
+    p.add_argument("spec", metavar="STUDY.yaml", help="study spec to check")
+
+
+def main(a) -> int:
+    from .. import study as study_mod
+
+    s = study_mod.load(a.spec)
+    print(study_mod.summary(s))
+    print(f"{a.spec}: ok")
+    return 0

@@ -1,0 +1,375 @@
+"""Run a study on Ray Tune: baseline first, then every strategy, each searched by its own Optuna study.
+
+``run_study(study, output)``:
+
+1. connects to ``address`` (or ``RAY_ADDRESS``; ``auto`` on a cluster's head) or starts a local
+   Ray instance; decides the per-trial resources (:class:`ldtune.study.ResourcesSpec`);
+2. lays out the remaining trials as slots ``<strategy>-<k>`` (trial ``k`` trains with seed
+   ``seed + k``): the baseline's repeats first, then the strategies round-robin. A slot whose row
+   is already in ``trials.parquet`` is done (``--resume``), so a finished trial never runs twice
+   and an unfinished one runs again under the same id;
+3. runs one Tuner whose searcher hands out the slots: no strategy trial starts before every
+   baseline trial is done (each speedup needs its reference), and each strategy's
+   hyperparameters come from an ``OptunaSearch`` (objectives: max ``test_accuracy``, min
+   ``train_time_s``; its Optuna study in ``optuna.db`` beside the results, so
+   ``optuna-dashboard sqlite:///DIR/<study>/optuna.db`` can browse it) inside a
+   ``ConcurrencyLimiter``;
+4. after each finished trial, rewrites the Parquet files (:mod:`ldtune.results`) and prints one line.
+
+A dying worker or node is retried by Tune (``max_failures``); a trial that raises or diverges is a
+row with its status. Ctrl-C stops Tune cleanly; the files hold every finished trial, and
+``--resume`` runs the rest.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import yaml
+
+from . import results
+from .errors import UserError
+from .study import Study
+
+OBJECTIVES = (["test_accuracy", "train_time_s"], ["max", "min"])
+CONFIG_FILE = "study.yaml"  # the resolved config, beside the results
+OPTUNA_FILE = "optuna.db"
+TUNE_DIR = "tune"  # Ray Tune's storage path inside the study directory
+
+
+@dataclass
+class Outcome:
+    study_dir: Path
+    trials: object  # pandas frame of trials.parquet as written
+    interrupted: bool  # some slots did not finish (Ctrl-C); --resume runs them
+    wall_s: float  # seconds from the start of the run (Ray connection included) to its end
+    trial_time_s: dict = field(default_factory=dict)  # trial_id -> seconds the trainable itself ran (this run)
+    nodes: dict = field(default_factory=dict)  # trial_id -> Ray node id that ran it (this run)
+    retries: int = 0  # trials Tune restarted after a worker or node died
+
+
+# ------------------------------------------------------------------------------------- Ray
+def connect(address: str | None) -> bool:
+    """Connect to ``address`` / ``RAY_ADDRESS``, or start a local instance; True if we started Ray."""
+    import ray
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
+                  configure_logging=True)
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+            return True
+        ray.init(**kwargs)
+        return True
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise UserError("--address", f"cannot connect to Ray at {address!r}: {e}") from None
+
+
+def resources(study: Study) -> tuple[float, float]:
+    """(CPUs, GPUs) per trial, the spec's ``null`` decided from the cluster's nodes."""
+    import ray
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    has_gpu = any(r.get("GPU", 0) > 0 for r in nodes)
+    gpu = study.gpu
+    if gpu is None:
+        gpu = 1.0 if has_gpu and study.workload.device != "cpu" else 0.0
+    if gpu > 0 and not has_gpu:
+        raise UserError("resources.gpu", "the Ray cluster has no GPU (ask for gpu: 0, or add a GPU node)")
+    if gpu == 0 and study.workload.device == "cuda":
+        raise UserError("workload.device", "cuda asked for, but the Ray cluster has no GPU"
+                        if not has_gpu else "cuda asked for, but resources.gpu is 0")
+    cpu = study.cpu
+    if cpu is None:
+        if gpu > 0:
+            cpu = max(1.0, min(r.get("CPU", 0) // max(r.get("GPU", 0), 1) for r in nodes if r.get("GPU", 0) > 0) * gpu)
+        else:
+            cpu = min((r["CPU"] for r in nodes if r.get("CPU", 0) > 0), default=1.0)
+    return float(cpu), float(gpu)
+
+
+# ------------------------------------------------------------------------------------- search
+def _sampler(study: Study, seed: int):
+    import optuna
+    if study.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if study.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(multivariate=True, constant_liar=study.max_concurrent > 1, seed=seed)
+
+
+def _optuna_searchers(study: Study, study_dir: Path, strategies: list[str]) -> dict:
+    """Per searched strategy, ``ConcurrencyLimiter(OptunaSearch)`` on its Optuna study in SQLite.
+    Trials an earlier run left RUNNING (a killed driver) are marked FAIL; the sampler's seed moves
+    on with the study's length, so a resumed run does not repeat the first suggestions."""
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{(study_dir / OPTUNA_FILE).resolve()}")
+    out = {}
+    for i, name in enumerate(sorted(strategies)):
+        plan = study.plan(name)
+        if not plan.space:
+            continue
+        known = 0
+        try:
+            old = optuna.load_study(study_name=name, storage=storage)
+            for t in old.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+                storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            known = len(old.trials)
+        except KeyError:
+            pass
+        search = OptunaSearch(space={k: d.to_optuna() for k, d in plan.space.items()}, metric=OBJECTIVES[0],
+                              mode=OBJECTIVES[1], sampler=_sampler(study, study.seed + 1000 * i + known),
+                              study_name=name, storage=storage)
+        out[name] = ConcurrencyLimiter(search, max_concurrent=study.max_concurrent)
+    return out
+
+
+def _searcher_class():
+    from ray.tune.search import Searcher
+
+    class StudySearcher(Searcher):
+        """Hands out the study's slots in order; baseline slots before any other; each strategy's
+        hyperparameters from its Optuna searcher (None while its concurrency limit is reached)."""
+
+        def __init__(self, slots: list[tuple[str, int]], searchers: dict, make_config):
+            super().__init__(metric=OBJECTIVES[0], mode=OBJECTIVES[1])
+            self.pending = list(slots)
+            self.searchers = searchers
+            self.make_config = make_config
+            self.live: dict[str, tuple[str, int]] = {}  # Tune trial id -> slot
+
+        def suggest(self, trial_id: str):
+            if not self.pending:
+                return Searcher.FINISHED
+            baseline_open = any(s == "baseline" for s, _ in [*self.pending, *self.live.values()])
+            tried = set()
+            for slot in self.pending:
+                name = slot[0]
+                if name in tried or baseline_open and name != "baseline":
+                    continue
+                tried.add(name)
+                searcher = self.searchers.get(name)
+                hparams = {}
+                if searcher is not None:
+                    hparams = searcher.suggest(trial_id)
+                    if hparams is None:
+                        continue
+                self.pending.remove(slot)
+                self.live[trial_id] = slot
+                return self.make_config(slot, hparams)
+            return None
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+            slot = self.live.pop(trial_id, None)
+            searcher = slot and self.searchers.get(slot[0])
+            if searcher is not None:
+                ok = not error and result is not None and result.get("status") == "ok"
+                searcher.on_trial_complete(trial_id, result if ok else None, error=not ok)
+
+        def save_to_dir(self, *args, **kwargs):  # the study's state is its Parquet files and optuna.db
+            pass
+
+    return StudySearcher
+
+
+def slots_to_run(study: Study, done: set[str]) -> list[tuple[str, int]]:
+    """(strategy, k) not yet in ``done``: baseline first, then the strategies round-robin."""
+    base = [("baseline", k) for k in range(study.plan("baseline").trials)]
+    others = [p for p in study.plans if p.name != "baseline"]
+    rounds = max((p.trials for p in others), default=0)
+    rr = [(p.name, k) for k in range(rounds) for p in others if k < p.trials]
+    return [s for s in base + rr if trial_id(*s) not in done]
+
+
+def trial_id(strategy: str, k: int) -> str:
+    return f"{strategy}-{k:03d}"
+
+
+# ------------------------------------------------------------------------------------- results
+def _callback_class():
+    from ray import tune
+
+    class ResultsCallback(tune.Callback):
+        """Keeps each trial's epoch records; on completion (or final error) adds its row, rewrites
+        the Parquet files and prints one line."""
+
+        def __init__(self, study: Study, study_dir: Path, rows: list, epochs: list, total: int, stream: TextIO,
+                     outcome: Outcome):
+            self.study, self.study_dir, self.rows, self.epoch_rows = study, study_dir, rows, epochs
+            self.total, self.stream, self.outcome = total, stream, outcome
+            self.records: dict[str, dict[int, dict]] = {}
+            self.done_before = len(rows)
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.records[trial.trial_id] = {}
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            self.records[trial.trial_id] = {}
+            self.outcome.retries += 1
+            self._say(f"{trial.config['trial_id']}: worker lost, retrying ({trial.num_failures} failure(s) so far)")
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            rec = result.get("record")
+            if rec is not None:
+                self.records.setdefault(trial.trial_id, {})[rec["epoch"]] = rec
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            result = trial.last_result or {}
+            if not result.get("final"):  # stopped by Ctrl-C before its end: it runs again on --resume
+                return
+            self.outcome.trial_time_s[trial.config["trial_id"]] = result.get("trial_time_s")
+            self.outcome.nodes[trial.config["trial_id"]] = result.get("node_id")
+            self._add(trial, result)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            msg = _error_text(trial)
+            self._add(trial, {"status": "error", "error": msg})
+
+        def _add(self, trial, result: dict):
+            c = trial.config
+            w = self.study.workload
+            row = {"study": self.study.name, "trial_id": c["trial_id"], "strategy": c["strategy"], "model": w.model,
+                   "dataset": w.dataset, "epochs": w.epochs, "seed": c["seed"], "status": result.get("status"),
+                   "error": result.get("error"), **{k: result.get(k) for k in
+                   ("test_accuracy", "train_time_s", "train_flops", "flops_saved", "device_name")}, **c["hparams"]}
+            self.rows.append(row)
+            self.epoch_rows.extend({"trial_id": c["trial_id"], **r}
+                                   for _, r in sorted(self.records.pop(trial.trial_id, {}).items()))
+            df = results.write(self.study_dir, self.rows, self.epoch_rows)
+            mine = df[df["trial_id"] == c["trial_id"]].iloc[0]
+            self._say(_line(mine, len(self.rows), self.total + self.done_before, c["hparams"]))
+
+        def _say(self, text: str):
+            print(text, file=self.stream, flush=True)
+
+    return ResultsCallback
+
+
+def _error_text(trial) -> str:
+    path = trial.error_file
+    if path and Path(path).is_file():
+        lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
+        if lines:
+            return lines[-1].strip()[:2000]
+    return "the trial failed (no error message)"
+
+
+def _fmt(v, spec: str = "") -> str:
+    return "-" if v is None or v != v else format(v, spec)
+
+
+def _line(row, n: int, total: int, hparams: dict) -> str:
+    hp = " ".join(f"{k}={_fmt(v, '.3g') if isinstance(v, float) else v}" for k, v in hparams.items())
+    text = (f"[{n:>3}/{total}] {row['trial_id']:<22} {row['status']:<8} acc {_fmt(row['test_accuracy'], '.4f')}"
+            f"  train {_fmt(row['train_time_s'], '.1f')}s  time saved {_fmt(row['time_saved'], '+.1%')}"
+            f"  flops saved {_fmt(row['flops_saved'], '+.1%')}  {hp}")
+    if row["status"] == "error":
+        text += f"\n      error: {row['error']}"
+    return text.rstrip()
+
+
+# ------------------------------------------------------------------------------------- run
+def prepare(study: Study, output: str | Path, resume: bool) -> Path:
+    """Check the study directory before anything runs: an earlier study there needs ``--resume``,
+    and ``--resume`` needs the same spec (trial budgets may change)."""
+    study_dir = Path(output) / study.name
+    saved = study_dir / CONFIG_FILE
+    has_results = (study_dir / "trials.parquet").is_file() or saved.is_file()
+    if has_results and not resume:
+        raise UserError("--output", f"{study_dir} already holds study {study.name!r}; pass --resume to finish it, "
+                        "or choose another --output")
+    if resume and saved.is_file():
+        before = yaml.safe_load(saved.read_text()) or {}
+        now = study.to_dict()
+        for key in ("workload", "seed", "sampler", "plugins"):
+            if before.get(key) != now.get(key):
+                raise UserError(key, f"differs from the study being resumed ({saved}); resume with the same spec")
+        for name, s in now["strategies"].items():
+            old = (before.get("strategies") or {}).get(name)
+            if old is not None and old.get("search") != s["search"]:
+                raise UserError(f"strategies.{name}.search", f"differs from the study being resumed ({saved})")
+    return study_dir
+
+
+def run_study(study: Study, output: str | Path = "results", *, address: str | None = None, resume: bool = False,
+              callbacks=(), stream: TextIO = sys.stdout) -> Outcome:
+    start = time.perf_counter()
+    study_dir = prepare(study, output, resume)
+    started = connect(address)
+    try:
+        return _run(study, study_dir, resume, list(callbacks), stream, start)
+    finally:
+        if started:
+            import ray
+            ray.shutdown()
+
+
+def _run(study: Study, study_dir: Path, resume: bool, callbacks: list, stream: TextIO, start: float) -> Outcome:
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing; we print a line per trial
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial CSV/JSON/TensorBoard files
+    import ray
+    from ray import tune
+
+    cpu, gpu = resources(study)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    resolved = study.to_dict()
+    resolved["resources"] = {"cpu": cpu, "gpu": gpu}
+    (study_dir / CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
+    rows, epoch_rows = results.read_rows(study_dir) if resume else ([], [])
+    slots = slots_to_run(study, {r["trial_id"] for r in rows})
+    outcome = Outcome(study_dir=study_dir, trials=None, interrupted=False, wall_s=0.0)
+    total = len(slots)
+    print(f"study {study.name}: {total} trials to run" + (f" ({len(rows)} done before)" if rows else "")
+          + f", {cpu:g} CPU and {gpu:g} GPU per trial, Ray {ray.__version__} "
+          f"({len(ray.nodes())} node(s), {ray.cluster_resources().get('CPU', 0):g} CPUs); results in {study_dir}",
+          file=stream, flush=True)
+    if slots:
+        w = dataclasses.asdict(study.workload)
+        w.pop("seed")
+
+        def make_config(slot, hparams):
+            name, k = slot
+            return {"study": study.name, "trial_id": trial_id(name, k), "strategy": name,
+                    "hparams": {**study.plan(name).fixed, **hparams}, "seed": study.trial_seed(k),
+                    "data_seed": study.seed, "workload": w, "threads": max(1, int(cpu)), "plugins": study.plugins}
+
+        searcher = _searcher_class()(slots, _optuna_searchers(study, study_dir, [s for s, _ in slots]), make_config)
+        cb = _callback_class()(study, study_dir, rows, epoch_rows, total, stream, outcome)
+        from .trainable import trainable
+        tuner = tune.Tuner(
+            tune.with_resources(trainable, {"cpu": cpu, "gpu": gpu}),
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=total, reuse_actors=True,
+                                        trial_name_creator=lambda t: t.config["trial_id"],
+                                        trial_dirname_creator=lambda t: t.config["trial_id"]),
+            run_config=tune.RunConfig(name=time.strftime("run-%Y%m%d-%H%M%S"),
+                                      storage_path=str((study_dir / TUNE_DIR).resolve()),
+                                      failure_config=tune.FailureConfig(max_failures=study.max_failures),
+                                      callbacks=[cb, *callbacks], verbose=0))
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # no result files: by design
+        tuner.fit()
+    df = results.write(study_dir, rows, epoch_rows)
+    outcome.trials = df
+    done = set(df["trial_id"])
+    outcome.interrupted = any(trial_id(*s) not in done for s in slots)
+    outcome.wall_s = time.perf_counter() - start
+    own = sum(v for v in outcome.trial_time_s.values() if v)
+    if outcome.trial_time_s:
+        print(f"done: {len(outcome.trial_time_s)} trials in {outcome.wall_s:.1f}s wall; the trials themselves ran "
+              f"{own:.1f}s (platform overhead {outcome.wall_s / own - 1:+.1%})" if own else "", file=stream, flush=True)
+    return outcome
+
+
+__all__ = ["run_study", "Outcome", "connect", "resources", "slots_to_run", "trial_id", "prepare"]

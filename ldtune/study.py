@@ -1,0 +1,292 @@
+"""Study specs: ``studies/*.yaml`` parsed into a typed, validated :class:`Study`.
+
+A spec names the study, the workload every trial trains (the fields of
+:class:`ldtune.train.Workload`), the baseline's repeats, and per strategy a trial budget and a
+search space. A strategy's searchable hyperparameters default to the ranges its ``HParam.search``
+declares (the papers' ranges); a spec may narrow or widen a range within the valid bounds, give a
+list of choices, or hold a hyperparameter at one value. Every mistake is a :class:`UserError`
+naming the field (``workload.epochs``, ``strategies.freezeout.search.t0``, ...).
+
+Example (``studies/quickstart.yaml`` is a complete one)::
+
+    name: demo
+    workload: {model: resnet20, width: 8, dataset: fashion_mnist, subset: 2048, epochs: 3}
+    baseline: {repeats: 3}
+    strategies:
+      freezeout: {trials: 4, search: {t0: [0.5, 0.9], scale_lr: true}}
+      all: {trials: 2}          # every other registered strategy, default search spaces
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import typing
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from . import strategies
+from .errors import UserError
+from .train import Workload
+
+ALL = "all"  # key under `strategies` that stands for every registered strategy not listed
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+# The workload part of a spec: every field of ldtune.train.Workload (units are commented there)
+# except `seed`, which the study sets per trial. Built from the dataclass so the two never drift.
+_hints = typing.get_type_hints(Workload)
+WorkloadSpec = create_model(
+    "WorkloadSpec", __config__=_STRICT,
+    **{f.name: (_hints[f.name], f.default) for f in dataclasses.fields(Workload) if f.name != "seed"})
+
+
+class BaselineSpec(BaseModel):
+    model_config = _STRICT
+    repeats: int = Field(3, ge=1)  # baseline trials (seeds seed, seed+1, ...); their median is the reference
+
+
+class StrategySpec(BaseModel):
+    model_config = _STRICT
+    trials: int = Field(3, ge=1)  # trials of this strategy (each one Optuna suggestion)
+    # per hyperparameter: [low, high] for a number, a list of choices, or one value to hold fixed;
+    # searchable hyperparameters not named here get the strategy's default range (HParam.search)
+    search: dict[str, Any] = Field(default_factory=dict)
+
+
+class ResourcesSpec(BaseModel):
+    model_config = _STRICT
+    # CPUs per trial; null: every CPU of the smallest node (CPU trials never share cores, so
+    # their timings stay honest), or that node's CPUs per GPU when trials use a GPU
+    cpu: float | None = Field(None, gt=0)
+    # GPUs per trial; null: 1 when the workload runs on cuda/auto and the cluster has GPUs, else 0.
+    # A fraction shares a GPU between trials (allowed, with a warning: it distorts timings)
+    gpu: float | None = Field(None, ge=0)
+
+
+class StudySpec(BaseModel):
+    model_config = _STRICT
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # the results directory: DIR/<name>/
+    seed: int = 0  # data subset seed, and trial k of every strategy trains with seed + k
+    workload: WorkloadSpec = Field(default_factory=WorkloadSpec)  # what every trial trains
+    baseline: BaselineSpec = Field(default_factory=BaselineSpec)
+    strategies: dict[str, StrategySpec] = Field(default_factory=dict)  # name (or `all`) -> budget, space
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"  # Optuna sampler: multivariate TPE, NSGA-II, random
+    max_concurrent: int = Field(2, ge=1)  # trials of one strategy in flight at once (Optuna sees the rest)
+    max_failures: int = Field(2, ge=0)  # retries of a trial whose worker process or node died
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)  # per trial
+    plugins: list[str] = Field(default_factory=list)  # modules imported first (driver and trials); each may register strategies
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One searched hyperparameter: a float or int range (inclusive), or categorical choices."""
+    kind: str  # 'float', 'int' or 'categorical'
+    low: float | None = None
+    high: float | None = None
+    choices: tuple | None = None
+
+    def to_optuna(self):
+        import optuna
+        if self.kind == "float":
+            return optuna.distributions.FloatDistribution(self.low, self.high)
+        if self.kind == "int":
+            return optuna.distributions.IntDistribution(int(self.low), int(self.high))
+        return optuna.distributions.CategoricalDistribution(self.choices)
+
+    def to_yaml(self):
+        return list(self.choices) if self.kind == "categorical" else [self.low, self.high]
+
+
+@dataclass
+class StrategyPlan:
+    name: str
+    trials: int  # trials of this strategy (baseline: its repeats)
+    space: dict[str, Dim] = field(default_factory=dict)  # searched hyperparameters
+    fixed: dict[str, Any] = field(default_factory=dict)  # held at one value; the rest keep their defaults
+
+
+@dataclass
+class Study:
+    name: str
+    seed: int
+    workload: Workload  # seed = the study's seed (data subset); trials override it
+    plans: list[StrategyPlan]  # baseline first
+    sampler: str
+    max_concurrent: int
+    max_failures: int
+    cpu: float | None  # CPUs per trial; None: decided on the cluster (see ResourcesSpec)
+    gpu: float | None  # GPUs per trial; None: decided on the cluster
+    plugins: list[str]
+    source: str | None = None  # the spec file
+
+    @property
+    def total_trials(self) -> int:
+        return sum(p.trials for p in self.plans)
+
+    def plan(self, name: str) -> StrategyPlan:
+        return next(p for p in self.plans if p.name == name)
+
+    def trial_seed(self, index: int) -> int:
+        return self.seed + index
+
+    def to_dict(self) -> dict:
+        """The resolved config (saved as ``study.yaml`` beside the results, timm style)."""
+        w = dataclasses.asdict(self.workload)
+        w.pop("seed")
+        return {
+            "name": self.name, "seed": self.seed, "workload": w,
+            "baseline": {"repeats": self.plan("baseline").trials},
+            "strategies": {p.name: {"trials": p.trials,
+                                    "search": {**{k: d.to_yaml() for k, d in p.space.items()}, **p.fixed}}
+                           for p in self.plans if p.name != "baseline"},
+            "sampler": self.sampler, "max_concurrent": self.max_concurrent, "max_failures": self.max_failures,
+            "resources": {"cpu": self.cpu, "gpu": self.gpu}, "plugins": list(self.plugins),
+        }
+
+
+# ------------------------------------------------------------------------------------- parsing
+def load(path: str | Path) -> Study:
+    """Read and validate a study spec file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(str(path), "no such file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(str(path), f"not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise UserError(str(path), "a study spec is a YAML mapping (name, workload, strategies, ...)")
+    study = from_dict(raw)
+    study.source = str(path)
+    return study
+
+
+def from_dict(raw: dict) -> Study:
+    try:
+        spec = StudySpec.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "spec"
+        raise UserError(loc, err["msg"]) from None
+    for module in spec.plugins:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise UserError("plugins", f"cannot import {module!r}: {e}") from None
+    workload = _workload(spec)
+    plans = [StrategyPlan("baseline", spec.baseline.repeats)]
+    named = dict(spec.strategies)
+    if "baseline" in named:
+        raise UserError("strategies.baseline", "the baseline is not searched; set baseline.repeats instead")
+    default = named.pop(ALL, None)
+    if default is not None and default.search:
+        raise UserError(f"strategies.{ALL}.search", "give search spaces per strategy, not under `all`")
+    for name in named:
+        if name not in strategies.REGISTRY:
+            raise UserError(f"strategies.{name}", f"unknown strategy; known: {', '.join(sorted(strategies.REGISTRY))}")
+    if default is not None:
+        for name in sorted(strategies.REGISTRY):
+            if name != "baseline" and name not in named:
+                named[name] = default
+    for name, s in named.items():
+        plans.append(_plan(name, s, workload.epochs))
+    if spec.resources.gpu is not None and spec.resources.gpu > 0 and workload.device == "cpu":
+        raise UserError("resources.gpu", "the workload runs on cpu (workload.device); ask for no GPU")
+    if spec.resources.gpu is not None and 0 < spec.resources.gpu < 1:
+        warnings.warn(f"resources.gpu = {spec.resources.gpu}: trials share a GPU, which distorts their timings "
+                      "(time_saved, speedup)", stacklevel=2)
+    return Study(name=spec.name, seed=spec.seed, workload=workload, plans=plans, sampler=spec.sampler,
+                 max_concurrent=spec.max_concurrent, max_failures=spec.max_failures, cpu=spec.resources.cpu,
+                 gpu=spec.resources.gpu, plugins=list(spec.plugins))
+
+
+def _workload(spec: StudySpec) -> Workload:
+    values = spec.workload.model_dump()
+    if values["data_root"] is not None:
+        values["data_root"] = str(Path(values["data_root"]).expanduser().resolve())  # trials may run elsewhere
+    w = Workload(**values, seed=spec.seed)
+    # the driver need not have the GPU its trials will run on: check everything but CUDA's presence here
+    check = dataclasses.replace(w, device="cpu") if w.device == "cuda" else w
+    try:
+        check.validate()
+    except UserError as e:
+        raise UserError(f"workload.{e.field}", e.message) from None
+    return w
+
+
+def _plan(name: str, s: StrategySpec, epochs: int) -> StrategyPlan:
+    cls = strategies.REGISTRY[name]
+    where = f"strategies.{name}.search"
+    for key in s.search:
+        if key not in cls.hparams:
+            raise UserError(f"{where}.{key}", f"unknown hyperparameter of {name} (known: {', '.join(cls.hparams) or 'none'})")
+    space, fixed = {}, {}
+    for key, hp in cls.hparams.items():
+        if key in s.search:
+            value = s.search[key]
+            if isinstance(value, (list, tuple)):
+                space[key] = _dim(hp, key, list(value), f"{where}.{key}", name)
+            else:
+                fixed[key] = _check(hp, key, value, f"{where}.{key}", name)
+        elif hp.search is not None:
+            space[key] = _default_dim(hp, epochs)
+    for key, dim in list(space.items()):  # a range of one value is a fixed value
+        if dim.kind != "categorical" and dim.low == dim.high or dim.kind == "categorical" and len(dim.choices) == 1:
+            fixed[key] = dim.choices[0] if dim.kind == "categorical" else cls.hparams[key].kind(dim.low)
+            del space[key]
+    try:
+        cls(**fixed)  # the strategy's own cross-field checks on the held values
+    except UserError as e:
+        raise UserError(f"{where}.{e.field.split('.')[-1]}", e.message) from None
+    return StrategyPlan(name, s.trials, space, fixed)
+
+
+def _check(hp, key, value, where, strategy):
+    try:
+        return hp.check(key, value, strategy)
+    except UserError as e:
+        raise UserError(where, e.message) from None
+
+
+def _dim(hp, key: str, value: list, where: str, strategy: str) -> Dim:
+    if not value:
+        raise UserError(where, "an empty list; give [low, high] or the choices to try")
+    if hp.kind in (int, float) and hp.choices is None:
+        if len(value) != 2:
+            raise UserError(where, f"a range of a number is [low, high], got {value!r}")
+        low, high = (_check(hp, key, v, where, strategy) for v in value)
+        if low > high:
+            raise UserError(where, f"low {low} is above high {high}")
+        return Dim("int" if hp.kind is int else "float", low, high)
+    choices = tuple(dict.fromkeys(_check(hp, key, v, where, strategy) for v in value))
+    return Dim("categorical", choices=choices)
+
+
+def _default_dim(hp, epochs: int) -> Dim:
+    if hp.kind in (int, float) and hp.choices is None:
+        low, high = hp.search
+        if hp.kind is int and hp.unit.startswith("epochs"):
+            # an epoch count at or beyond the study's epochs never acts: search below it
+            high = max(min(high, epochs - 1), hp.low if hp.low is not None else 0)
+            low = min(low, high)
+        return Dim("int" if hp.kind is int else "float", hp.kind(low), hp.kind(high))
+    return Dim("categorical", choices=tuple(hp.search))
+
+
+def summary(study: Study) -> str:
+    """A few lines saying what the study will run."""
+    lines = [f"study {study.name}: {study.total_trials} trials of {study.workload.model} on "
+             f"{study.workload.dataset} ({study.workload.epochs} epochs, subset {study.workload.subset}), "
+             f"sampler {study.sampler}"]
+    for p in study.plans:
+        space = ", ".join(f"{k} in {d.to_yaml()}" for k, d in p.space.items()) or "nothing searched"
+        held = ", ".join(f"{k}={v}" for k, v in p.fixed.items())
+        lines.append(f"  {p.name:<17} {p.trials:>3} trials  {space}" + (f"; fixed {held}" if held else ""))
+    return "\n".join(lines)
+
+
+__all__ = ["Study", "StudySpec", "StrategyPlan", "Dim", "load", "from_dict", "summary", "ALL"]
