@@ -253,7 +253,10 @@ def _callback_class():
             self._say(_line(mine, len(self.rows), self.total + self.done_before, c["hparams"]))
 
         def _say(self, text: str):
-            print(text, file=self.stream, flush=True)
+            print(text, file=self.stream or sys.stdout, flush=True)
+
+        def __getstate__(self):  # Tune pickles its callbacks into tuner.pkl; a stream does not pickle
+            return {**self.__dict__, "stream": None}
 
     return ResultsCallback
 
@@ -305,7 +308,7 @@ def prepare(study: Study, output: str | Path, resume: bool) -> Path:
 
 
 def run_study(study: Study, output: str | Path = "results", *, address: str | None = None, resume: bool = False,
-              callbacks=(), stream: TextIO = sys.stdout) -> Outcome:
+              callbacks=(), stream: TextIO | None = None) -> Outcome:
     start = time.perf_counter()
     study_dir = prepare(study, output, resume)
     started = connect(address)
@@ -317,7 +320,8 @@ def run_study(study: Study, output: str | Path = "results", *, address: str | No
             ray.shutdown()
 
 
-def _run(study: Study, study_dir: Path, resume: bool, callbacks: list, stream: TextIO, start: float) -> Outcome:
+def _run(study: Study, study_dir: Path, resume: bool, callbacks: list, stream: TextIO | None, start: float) -> Outcome:
+    stream = stream or sys.stdout
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing; we print a line per trial
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial CSV/JSON/TensorBoard files
     import ray

@@ -1,0 +1,221 @@
+"""Studies end to end on a real local Ray instance (2 CPUs): Parquet read back by pandas and DuckDB,
+Pareto fronts, a raising and a diverging trial, resume after a killed driver, refusal to overwrite."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import optuna
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import ray
+import yaml
+
+from ldtune import cli, results, runner, study as study_mod
+
+REPO = Path(__file__).resolve().parents[1]
+CONTRACT_TRIALS = ["study", "trial_id", "strategy", "model", "dataset", "epochs", "seed", "status", "error",
+                   "test_accuracy", "train_time_s", "train_flops", "flops_saved", "time_saved", "speedup",
+                   "accuracy_delta", "device_name"]
+CONTRACT_HPARAMS = ["warmup_epochs", "p", "s", "kappa", "t0", "schedule", "scale_lr"]
+CONTRACT_EPOCHS = ["trial_id", "epoch", "test_accuracy", "train_loss", "epoch_time_s", "epoch_flops",
+                   "trainable_params", "active_blocks"]
+
+# A test-only strategy, imported by the study's `plugins` on the driver and in every Ray worker:
+# trial seed 1 raises, trial seed 2 diverges (a huge LR), others train like the baseline.
+PLUGIN = '''
+from ldtune.strategies import REGISTRY, EpochPlan, Strategy
+
+
+class Boom(Strategy):
+    """Test-only: seed % 3 == 1 raises in epoch_start, seed % 3 == 2 diverges."""
+    name = "boom"
+    hparams = {}
+
+    def epoch_start(self, epoch):
+        if self.ctx.seed % 3 == 1:
+            raise RuntimeError("boom: injected failure")
+        return EpochPlan(lr_scale=1e30 if self.ctx.seed % 3 == 2 else 1.0)
+
+
+REGISTRY["boom"] = Boom
+'''
+
+SPEC = {
+    "name": "tiny",
+    "seed": 0,
+    "workload": {"model": "resnet20", "width": 4, "dataset": "digits", "subset": 256, "epochs": 1,
+                 "batch_size": 64},
+    "baseline": {"repeats": 2},
+    "strategies": {"freezeout": {"trials": 2, "search": {"t0": [0.5, 0.9]}}, "boom": {"trials": 3}},
+    "plugins": ["ldtune_test_boom"],
+}
+EXPECTED_IDS = {"baseline-000", "baseline-001", "freezeout-000", "freezeout-001", "boom-000", "boom-001", "boom-002"}
+
+
+@pytest.fixture(scope="module")
+def ray_local(tmp_path_factory):
+    """One local Ray instance for the module; the plugin's directory is on every worker's path."""
+    plugin_dir = tmp_path_factory.mktemp("plugin")
+    (plugin_dir / "ldtune_test_boom.py").write_text(PLUGIN)
+    sys.path.insert(0, str(plugin_dir))
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(plugin_dir)] + ([old] if old else []))
+    ctx = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ctx.address_info["gcs_address"]
+    ray.shutdown()
+    sys.path.remove(str(plugin_dir))
+    if old is None:
+        os.environ.pop("PYTHONPATH")
+    else:
+        os.environ["PYTHONPATH"] = old
+
+
+@pytest.fixture(scope="module")
+def spec_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("spec") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(SPEC))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(ray_local, spec_file, tmp_path_factory):
+    """The tiny study, run once without interruption."""
+    out = tmp_path_factory.mktemp("results")
+    outcome = runner.run_study(study_mod.load(spec_file), out)
+    return out / "tiny", outcome
+
+
+def test_study_end_to_end_parquet_contract(finished):
+    study_dir, outcome = finished
+    assert not outcome.interrupted
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    # the contract's columns, in order, then one column per hyperparameter of the registered strategies
+    assert list(trials.columns[:len(CONTRACT_TRIALS)]) == CONTRACT_TRIALS
+    assert set(CONTRACT_HPARAMS) <= set(trials.columns[len(CONTRACT_TRIALS):])
+    assert list(trials.columns) == [f.name for f in results.trials_schema()]
+    assert set(trials["trial_id"]) == EXPECTED_IDS and trials["trial_id"].is_unique
+    by_id = trials.set_index("trial_id")
+    assert (by_id.loc[["baseline-000", "baseline-001", "freezeout-000", "freezeout-001", "boom-000"], "status"]
+            == "ok").all()
+    # the trial that raised is a row with its error; the study went on around it
+    assert by_id.loc["boom-001", "status"] == "error"
+    assert "boom: injected failure" in by_id.loc["boom-001", "error"]
+    assert by_id.loc["boom-002", "status"] == "diverged"
+    assert list(trials.sort_values("trial_id")["seed"]) == [0, 1, 0, 1, 2, 0, 1]  # boom, baseline, freezeout
+    # freezeout's searched t0 stays in the spec's range; its held hyperparameters are filled; others null
+    fo = by_id.loc[["freezeout-000", "freezeout-001"]]
+    assert fo["t0"].between(0.5, 0.9).all() and fo["schedule"].isin(["linear", "cubic"]).all()
+    assert by_id.loc[["baseline-000", "boom-000"], "t0"].isna().all()
+
+    # DuckDB reads the same rows and columns
+    con = duckdb.connect()
+    d = con.execute(f"select * from read_parquet('{study_dir / 'trials.parquet'}')").df()
+    assert list(d.columns) == list(trials.columns) and len(d) == len(trials)
+    n_err = con.execute(f"select count(*) from '{study_dir / 'trials.parquet'}' where status = 'error'").fetchone()[0]
+    assert n_err == 1
+
+    epochs = pd.read_parquet(study_dir / "epochs.parquet")
+    assert list(epochs.columns[:len(CONTRACT_EPOCHS)]) == CONTRACT_EPOCHS
+    assert "cache_tier" in epochs.columns  # extra epoch-record keys are kept as columns
+    ok_ids = set(trials.loc[trials["status"] != "error", "trial_id"])
+    assert set(epochs["trial_id"]) == ok_ids and not epochs.duplicated(["trial_id", "epoch"]).any()
+    de = con.execute(f"select trial_id, count(*) n from '{study_dir / 'epochs.parquet'}' group by trial_id").df()
+    assert (de["n"] == 1).all()
+
+    # derived columns against the median ok baseline on the same device, computed here independently
+    base = trials[(trials["strategy"] == "baseline") & (trials["status"] == "ok")]
+    t_base, a_base = base["train_time_s"].median(), base["test_accuracy"].median()
+    ok = trials[trials["status"] == "ok"]
+    assert np.allclose(ok["time_saved"], 1 - ok["train_time_s"] / t_base)
+    assert np.allclose(ok["speedup"], t_base / ok["train_time_s"])
+    assert np.allclose(ok["accuracy_delta"], ok["test_accuracy"] - a_base)
+
+    # the resolved config beside the results, and the per-strategy Optuna study in SQLite
+    saved = yaml.safe_load((study_dir / "study.yaml").read_text())
+    assert saved["strategies"]["freezeout"]["search"]["t0"] == [0.5, 0.9] and saved["resources"]["cpu"] == 2
+    st = optuna.load_study(study_name="freezeout", storage=f"sqlite:///{study_dir / 'optuna.db'}")
+    assert [t.state for t in st.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert sorted(t.params["t0"] for t in st.trials) == sorted(fo["t0"])
+
+
+def test_pareto_rows_are_exactly_the_nondominated_ok_trials(finished):
+    study_dir, _ = finished
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    front = duckdb.sql(f"select * from '{study_dir / 'pareto.parquet'}'").df()
+    assert list(front.columns) == list(trials.columns) + ["front"]
+    ok = trials[trials["status"] == "ok"]
+
+    def nondominated(df):
+        a, s = df["test_accuracy"].to_numpy(), df["time_saved"].to_numpy()
+        keep = [not any((a >= a[i]) & (s >= s[i]) & ((a > a[i]) | (s > s[i]))) for i in range(len(df))]
+        return set(df.loc[keep, "trial_id"])
+
+    assert set(front["front"]) == {"all", *ok["strategy"]}
+    for name, group in [("all", ok), *ok.groupby("strategy")]:
+        assert set(front.loc[front["front"] == name, "trial_id"]) == nondominated(group), name
+
+
+def test_rerun_without_resume_refuses_and_keeps_results(finished, spec_file, capsys):
+    study_dir, _ = finished
+    before = {f: (study_dir / f).read_bytes() for f in results.FILES}
+    assert cli.main(["run", str(spec_file), "--output", str(study_dir.parent)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ldtune: error: --output:") and "--resume" in err and len(err.splitlines()) == 1
+    assert {f: (study_dir / f).read_bytes() for f in results.FILES} == before
+    # --resume with a changed workload is refused too, naming the field
+    changed = spec_file.with_name("changed.yaml")
+    changed.write_text(yaml.safe_dump({**SPEC, "workload": {**SPEC["workload"], "epochs": 2}}))
+    assert cli.main(["run", str(changed), "--output", str(study_dir.parent), "--resume"]) == 2
+    assert capsys.readouterr().err.startswith("ldtune: error: workload:")
+    assert {f: (study_dir / f).read_bytes() for f in results.FILES} == before
+
+
+def test_resume_after_killed_driver_gives_the_same_rows(ray_local, finished, spec_file, tmp_path):
+    """A driver (`ldtune run --address`) killed with SIGKILL mid-study, then `--resume`: every slot
+    once, the rows finished before the kill untouched, and the same row set as the uninterrupted run."""
+    study_dir = tmp_path / "tiny"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ldtune", "run", str(spec_file), "--output", str(tmp_path),
+                             "--address", ray_local], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    rows = 0
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (study_dir / "trials.parquet").is_file():
+            rows = pq.read_metadata(study_dir / "trials.parquet").num_rows
+            if rows >= 3:
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    log = proc.communicate()[0]
+    assert 3 <= rows < len(EXPECTED_IDS), f"the driver was not killed mid-study ({rows} rows):\n{log}"
+    before = pd.read_parquet(study_dir / "trials.parquet").set_index("trial_id")
+    assert len(before) < len(EXPECTED_IDS)
+
+    outcome = runner.run_study(study_mod.load(spec_file), tmp_path, resume=True)
+    assert not outcome.interrupted
+    # only the missing slots ran again
+    assert set(outcome.trial_time_s) == EXPECTED_IDS - set(before.index)
+    after = pd.read_parquet(study_dir / "trials.parquet").set_index("trial_id")
+    assert after.index.is_unique and set(after.index) == EXPECTED_IDS
+    pd.testing.assert_frame_equal(after.loc[before.index, ["test_accuracy", "train_time_s", "seed", "status"]],
+                                  before[["test_accuracy", "train_time_s", "seed", "status"]])
+    # the same row set as the uninterrupted study
+    whole = pd.read_parquet(finished[0] / "trials.parquet")
+    key = ["trial_id", "strategy", "seed", "status", "epochs"]
+    assert set(map(tuple, after.reset_index()[key].to_numpy())) == set(map(tuple, whole[key].to_numpy()))
+    epochs = pd.read_parquet(study_dir / "epochs.parquet")
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert set(epochs["trial_id"]) == set(after.index[after["status"] != "error"])
+    # the Optuna trial the killed driver left running is closed, not left RUNNING
+    st = optuna.load_study(study_name="freezeout", storage=f"sqlite:///{study_dir / 'optuna.db'}")
+    assert optuna.trial.TrialState.RUNNING not in {t.state for t in st.trials}
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in st.trials) >= 2
