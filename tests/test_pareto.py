@@ -101,7 +101,8 @@ def results(tmp_path):
         trial("f1", "freezing", 0.84, 0.20, 0.25, warmup_epochs=1),
         trial("f2", "freezing", 0.85, 0.10, 0.12, warmup_epochs=2),
         trial("f3", "freezing", 0.83, 0.05, 0.06, warmup_epochs=3),  # dominated by f1 and f2
-        trial("l1", "layerdropback", 0.80, 0.30, 0.30, p=0.5, s=2, kappa=1.0),
+        # keep_first is not searched and at its default: not shown; resample is off its default: shown
+        trial("l1", "layerdropback", 0.80, 0.30, 0.30, p=0.5, s=2, kappa=1.0, keep_first=4, resample="step"),
         trial("l2", "layerdropback", 0.99, 0.90, 0.90, status="error", p=0.9, s=1, kappa=2.0),  # failed: ignored
         trial("z1", "freezeout", 0.83, 0.15, 0.20, t0=0.5, schedule="cubic", scale_lr=True),
     ])
@@ -126,11 +127,11 @@ strategy       hyperparameters  accuracy %  acc delta pp  time saved %  FLOPs sa
 depth_dropout  p=0.25                97.00        +12.00           5.0           10.0
 
 resnet20 / fashion_mnist: global front (4 trials)
-strategy       hyperparameters    accuracy %  acc delta pp  time saved %  FLOPs saved %
-baseline       -                       86.00         +1.00          -1.0            0.0
-freezing       warmup_epochs=2         85.00         +0.00          10.0           12.0
-freezing       warmup_epochs=1         84.00         -1.00          20.0           25.0
-layerdropback  p=0.5 s=2 kappa=1       80.00         -5.00          30.0           30.0
+strategy       hyperparameters                  accuracy %  acc delta pp  time saved %  FLOPs saved %
+baseline       -                                     86.00         +1.00          -1.0            0.0
+freezing       warmup_epochs=2                       85.00         +0.00          10.0           12.0
+freezing       warmup_epochs=1                       84.00         -1.00          20.0           25.0
+layerdropback  p=0.5 s=2 kappa=1 resample=step       80.00         -5.00          30.0           30.0
 """
 
 

@@ -25,11 +25,7 @@ OUT_COLUMNS = ("model", "dataset", "front", "strategy", "hyperparameters", "test
 def hparam_columns(df) -> list[str]:
     """Hyperparameter columns present in ``df``: DESIGN.md's, plus any a registered strategy declares."""
     names = list(HPARAM_COLUMNS)
-    try:
-        from ..strategies import REGISTRY
-        names += [n for cls in REGISTRY.values() for n in cls.hparams if n not in names]
-    except ImportError:  # the registry needs torch; the Parquet query does not
-        pass
+    names += [n for cls in _registry().values() for n in cls.hparams if n not in names]
     return [n for n in names if n in df.columns]
 
 
@@ -46,9 +42,34 @@ def _isnull(v) -> bool:
 
 
 def hparams_text(row, columns) -> str:
-    """``key=value`` pairs of a row's non-null hyperparameters, e.g. ``p=0.5 s=2``; ``-`` if none."""
-    parts = [f"{c}={_value(row[c])}" for c in columns if not _isnull(row[c])]
+    """``key=value`` pairs of a row's hyperparameters, e.g. ``p=0.5 s=2``; ``-`` if none. For a
+    registered strategy: the ones it searches, and any other held at a value not its default."""
+    specs = _registry().get(row["strategy"])
+    specs = specs.hparams if specs is not None else None
+    parts = []
+    for c in columns:
+        v = row[c]
+        if _isnull(v) or specs is not None and c not in specs:
+            continue
+        if specs is not None and specs[c].search is None and _same(v, specs[c].default):
+            continue
+        parts.append(f"{c}={_value(v)}")
     return " ".join(parts) or "-"
+
+
+def _same(v, default) -> bool:
+    try:
+        return bool(v == default)
+    except (TypeError, ValueError):
+        return False
+
+
+def _registry() -> dict:
+    try:
+        from ..strategies import REGISTRY
+    except ImportError:  # the registry needs torch; the Parquet query does not
+        return {}
+    return REGISTRY
 
 
 def configure(p) -> None:

@@ -1,0 +1,176 @@
+"""``ldtune recommend DIR --model M [--dataset NEW]``: robust default hyperparameters per strategy,
+printed as a study spec (comments say why); ``--confirm`` runs that spec as a short study on NEW
+and reports which recommendations held. ``ldtune recommend --evaluate DIR``: leave-one-dataset-out
+scores of the recommendations (see :mod:`ldtune.recommend`)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from ..errors import UserError
+
+
+def configure(p) -> None:
+    p.add_argument("dir", metavar="DIR", help="results directory with studies of several datasets")
+    p.add_argument("--model", default=None, help="the model to recommend for (required unless --evaluate)")
+    p.add_argument("--dataset", default=None, metavar="NEW",
+                   help="the new dataset (its own studies in DIR, if any, are left out)")
+    p.add_argument("--max-accuracy-drop", type=float, default=1.0, metavar="PP",
+                   help="accuracy drop allowed against the baseline median, in percentage points (default 1)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs of the new runs (default: those of the studies in DIR); fractions of training "
+                        "become epochs with it")
+    p.add_argument("--trials", type=int, default=1, help="trials per recommended strategy in the spec (default 1)")
+    p.add_argument("--confirm", action="store_true",
+                   help="run the spec as a short study on NEW (plus baseline) and report which held")
+    p.add_argument("--output", default=None, metavar="OUT",
+                   help="results directory of the --confirm study (default: DIR/../confirm)")
+    p.add_argument("--address", default=None, metavar="ADDR", help="Ray cluster for --confirm (as in ldtune run)")
+    p.add_argument("--evaluate", action="store_true", help="leave-one-dataset-out evaluation of DIR")
+    p.add_argument("--format", choices=["table", "json"], default="table", help="--evaluate output")
+
+
+# ------------------------------------------------------------------------------------- helpers
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def _pp(v: float) -> str:
+    return f"{100 * v:+.2f} pp"
+
+
+def source_workload(directory, model: str) -> dict:
+    """The workload of the first study of ``model`` under ``directory`` that saved its ``study.yaml``."""
+    root = Path(directory)
+    for spec in sorted([root / "study.yaml", *root.glob("*/study.yaml")]):
+        if spec.is_file():
+            try:
+                w = (yaml.safe_load(spec.read_text()) or {}).get("workload") or {}
+            except yaml.YAMLError:
+                continue
+            if w.get("model") == model:
+                return dict(w)
+    return {"model": model}
+
+
+def build_spec(recs, model: str, dataset: str, epochs: int, workload: dict, trials: int, repeats: int = 3) -> dict:
+    """A study spec holding each recommendation that held at its values (in epochs of this run)."""
+    w = {**workload, "model": model, "dataset": dataset, "epochs": epochs}
+    strategies = {r.strategy: {"trials": trials, "search": r.hparams(epochs)} for r in recs if r.held}
+    return {"name": f"recommend_{model}_{dataset}".replace(":", "_").replace("/", "_"), "workload": w,
+            "baseline": {"repeats": repeats}, "strategies": strategies}
+
+
+def _check_spec(spec: dict) -> None:
+    from ..study import from_dict
+    try:
+        from_dict(spec)
+    except UserError as e:
+        field = {"workload.dataset": "--dataset", "workload.epochs": "--epochs"}.get(e.field, e.field)
+        raise UserError(field, e.message) from None
+
+
+def explain(recs, datasets, model, target, epochs, limit) -> list[str]:
+    lines = [f"# ldtune recommend: {model} for {target}, from {len(datasets)} dataset(s) ({', '.join(datasets)}),",
+             f"# accuracy drop limit {limit:g} pp against each study's baseline median. Per strategy: of the",
+             "# configs its trials ran, the one with the best worst-case time saved among those within the",
+             "# limit on every dataset (kernel-smoothed over neighbouring configs); epochs as fractions of training."]
+    for r in recs:
+        cfg = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.config.items())
+        own = " ".join(f"{k}={v}" for k, v in r.hparams(epochs).items())
+        own = f" -> {own} at {epochs} epochs" if any(d.per_epoch for d in r.dims) else ""
+        verdict = "held on every dataset" if r.held else "NOT within the limit everywhere (the safest config; left out)"
+        lines.append(f"# {r.strategy}: {cfg}{own}; {verdict};"
+                     f" worst case {_pct(r.worst_saved)} time saved, {_pp(r.worst_delta)}")
+        for x in r.per_dataset.itertuples():
+            lines.append(f"#   {x.dataset:<16} {_pct(x.time_saved):>7} saved  {_pp(x.accuracy_delta):>10}  ({x.trials} trials)")
+    return lines
+
+
+# ------------------------------------------------------------------------------------- commands
+def main(a) -> int:
+    from ..pareto import load
+    from .. import recommend as rec
+
+    trials = load(a.dir)
+    if a.evaluate:
+        return _evaluate(trials, a)
+    if a.model is None:
+        raise UserError("--model", "required (or use --evaluate)")
+    if a.epochs is not None and a.epochs < 1:
+        raise UserError("--epochs", f"must be an integer >= 1, got {a.epochs}")
+    if a.trials < 1:
+        raise UserError("--trials", f"must be an integer >= 1, got {a.trials}")
+    if a.confirm and a.dataset is None:
+        raise UserError("--dataset", "--confirm needs the new dataset")
+    recs = rec.recommend(trials, a.model, a.dataset, a.max_accuracy_drop)
+    used = trials[(trials["model"] == a.model) & (trials["dataset"] != a.dataset)]
+    datasets = sorted(used["dataset"].unique())
+    workload = source_workload(a.dir, a.model)
+    epochs = a.epochs or int(workload.get("epochs") or used["epochs"].median())
+    dataset = a.dataset or workload.get("dataset") or datasets[0]
+    spec = build_spec(recs, a.model, dataset, epochs, workload, a.trials)
+    _check_spec(spec)
+    target = a.dataset or "a new dataset (set workload.dataset)"
+    text = "\n".join(explain(recs, datasets, a.model, target, epochs, a.max_accuracy_drop))
+    print(text + "\n" + yaml.safe_dump(spec, sort_keys=False, default_flow_style=None).rstrip())
+    if a.confirm:
+        return _confirm(spec, a)
+    return 0
+
+
+def _confirm(spec: dict, a) -> int:
+    from ..pareto import load, within_drop
+    from ..study import from_dict
+    try:
+        from ..runner import run_study
+    except ImportError:
+        raise UserError("--confirm", "this install has no study runner (ldtune.runner)") from None
+    out = Path(a.output) if a.output else Path(a.dir).resolve().parent / "confirm"
+    run_study(from_dict(spec), out, address=a.address)
+    got = load(out / spec["name"])
+    print(f"\n# confirmation study on {spec['workload']['dataset']}: {out / spec['name']}")
+    held_all = True
+    for strategy, g in got[got["strategy"] != "baseline"].groupby("strategy", sort=True):
+        ok = g[g["status"] == "ok"]
+        held = len(ok) == len(g) and bool(within_drop(ok["accuracy_delta"], a.max_accuracy_drop).all())
+        held_all &= held
+        delta = ok["accuracy_delta"].mean() if len(ok) else float("nan")
+        saved = ok["time_saved"].mean() if len(ok) else float("nan")
+        print(f"# {strategy:<17} {'held' if held else 'did NOT hold':<13} accuracy {_pp(delta)}, time saved {_pct(saved)}"
+              f" ({len(ok)}/{len(g)} trials ok)")
+    return 0 if held_all else 1
+
+
+def _evaluate(trials, a) -> int:
+    from .. import recommend as rec
+
+    if a.model is not None:
+        trials = trials[trials["model"] == a.model]
+    ev = rec.evaluate(trials, a.max_accuracy_drop)
+    if not len(ev):
+        raise UserError(str(a.dir), "leave-one-dataset-out needs studies of one model on at least two datasets")
+    summary = rec.summarize(ev)
+    if a.format == "json":
+        print(json.dumps({"max_accuracy_drop_pp": a.max_accuracy_drop, "folds": ev.to_dict("records"),
+                          "summary": summary.to_dict("records")}, indent=1, default=lambda v: v.item()))
+        return 0
+    print(f"leave-one-dataset-out, accuracy drop limit {a.max_accuracy_drop:g} pp: the recommendation from the other"
+          " datasets, scored on the held-out study (kernel-smoothed), against the best time saved that study found"
+          " within the limit (0 if none: the baseline)")
+    heads = ["model", "held out", "strategy", "recommended", "acc delta", "time saved", "best in limit", "regret", "held"]
+    rows = [[r.model, r.held_out, r.strategy, r.config, _pp(r.accuracy_delta), _pct(r.time_saved),
+             _pct(r.best_time_saved), f"{100 * r.regret:+.1f} pp", "yes" if r.held else "NO"] for r in ev.itertuples()]
+    print(_table(heads, rows))
+    print("\nper strategy:")
+    srows = [[s.strategy, str(s.held_out_datasets), f"{100 * s.mean_regret:+.1f} pp", f"{100 * s.max_regret:+.1f} pp",
+              f"{s.held}/{s.held_out_datasets}"] for s in summary.itertuples()]
+    print(_table(["strategy", "held-out datasets", "mean regret", "max regret", "limit held"], srows))
+    return 0
+
+
+def _table(heads, rows) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [heads, *rows])

@@ -1,0 +1,252 @@
+"""Default hyperparameters for a dataset nobody has tuned for, from the studies of other datasets.
+
+Units that transfer: a hyperparameter counted in epochs (``unit == "epochs"``, e.g.
+``warmup_epochs``) becomes a fraction of training (``warmup_fraction = warmup_epochs / epochs``);
+fractions (``t0``), probabilities (``p``) and the rest stay as they are.
+
+The robust choice, per strategy and model:
+
+1. every configuration one of the strategy's trials ran (in transferable units) is a candidate;
+2. on every studied dataset, a candidate's accuracy delta and time saved are estimated by
+   smoothing over that dataset's trials of the strategy: a Gaussian kernel on the distance
+   between configurations (numbers scaled by the range the trials span, a different category
+   counts as the whole range), bandwidth ``BANDWIDTH`` of that range. A trial that ran but
+   ``diverged`` counts as 100 points of accuracy lost and no time saved; ``error`` trials (the
+   infrastructure failed) are left out;
+3. candidates whose estimated drop stays within the limit on *every* dataset are feasible; the
+   recommendation is the feasible one with the best worst-case time saved (ties: the better
+   worst-case accuracy). If none is feasible, the one with the best worst-case accuracy is shown,
+   marked as not holding.
+
+``evaluate`` scores this leave-one-dataset-out: recommend from the other datasets, then compare,
+on the held-out dataset's own study, the recommendation's (smoothed) accuracy drop and time
+saved with the most time any trial of that study saved within the same limit (or 0, the
+baseline's, if none did): the regret.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .errors import UserError
+from .pareto import within_drop
+
+BANDWIDTH = 0.1  # kernel width, as a fraction of each hyperparameter's range over the trials
+DEFAULT_DROP = 1.0  # percentage points of accuracy against the baseline median
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One searched hyperparameter, as it transfers."""
+    name: str  # the strategy's hyperparameter
+    column: str  # the transferable column (``warmup_fraction`` for ``warmup_epochs``)
+    numeric: bool
+    per_epoch: bool  # counted in epochs in the strategy: stored here as a fraction of training
+
+
+@dataclass
+class Recommendation:
+    strategy: str
+    model: str
+    config: dict  # transferable units (column -> value)
+    held: bool  # estimated within the drop limit on every dataset
+    per_dataset: pd.DataFrame  # dataset, accuracy_delta, time_saved (estimates), trials
+    dims: list = field(default_factory=list)
+
+    @property
+    def worst_saved(self) -> float:
+        return float(self.per_dataset["time_saved"].min())
+
+    @property
+    def worst_delta(self) -> float:
+        return float(self.per_dataset["accuracy_delta"].min())
+
+    def hparams(self, epochs: int) -> dict:
+        """The strategy's own hyperparameters for a run of ``epochs`` epochs (a fraction of training
+        becomes whole epochs, at least the hyperparameter's lower bound and below ``epochs``)."""
+        from .strategies import REGISTRY
+        specs = REGISTRY[self.strategy].hparams if self.strategy in REGISTRY else {}
+        out = {}
+        for d in self.dims:
+            v = self.config[d.column]
+            spec = specs.get(d.name)
+            if d.per_epoch:
+                low = int(spec.low) if spec is not None and spec.low is not None else 0
+                v = max(min(int(round(v * epochs)), epochs - 1), low)
+            out[d.name] = _plain(spec.check(d.name, v, self.strategy)) if spec is not None else _plain(v)
+        return out
+
+
+def _plain(v):
+    """numpy scalars to Python ones (for YAML and JSON)."""
+    return v.item() if hasattr(v, "item") else v
+
+
+def strategy_dims(strategy: str, trials: pd.DataFrame) -> list[Dim]:
+    """The strategy's searched hyperparameters that its trials recorded."""
+    from .strategies import REGISTRY
+    if strategy in REGISTRY:
+        specs = {n: h for n, h in REGISTRY[strategy].hparams.items() if h.search is not None}
+    else:  # a strategy this install does not know: every recorded DESIGN.md hyperparameter
+        from .commands.pareto import HPARAM_COLUMNS
+        specs = {n: None for n in HPARAM_COLUMNS}
+    dims = []
+    for name, spec in specs.items():
+        if name not in trials.columns or trials[name].isna().all():
+            continue
+        per_epoch = spec is not None and spec.unit == "epochs"
+        numeric = spec.kind in (int, float) if spec is not None else pd.api.types.is_numeric_dtype(trials[name])
+        column = (name[: -len("_epochs")] if name.endswith("_epochs") else name) + "_fraction" if per_epoch else name
+        dims.append(Dim(name, column, bool(numeric), per_epoch))
+    return dims
+
+
+def transferable(trials: pd.DataFrame, dims: list[Dim]) -> pd.DataFrame:
+    """``trials`` with one column per dim in transferable units."""
+    out = trials.copy()
+    for d in dims:
+        if d.per_epoch:
+            out[d.column] = out[d.name].astype(float) / out["epochs"].astype(float)
+        elif d.numeric:
+            out[d.column] = out[d.name].astype(float)
+        else:
+            out[d.column] = out[d.name].astype(str)
+    return out
+
+
+def _observations(t: pd.DataFrame) -> pd.DataFrame:
+    """ok trials as they are; diverged ones as a total loss; error trials left out."""
+    ok = t[t["status"] == "ok"].dropna(subset=["accuracy_delta", "time_saved"])
+    div = t[t["status"] == "diverged"].assign(accuracy_delta=-1.0, time_saved=0.0)
+    return pd.concat([ok, div], ignore_index=True)
+
+
+def _distance2(a: pd.DataFrame, b: pd.DataFrame, dims: list[Dim], spans: dict) -> np.ndarray:
+    d2 = np.zeros((len(a), len(b)))
+    for d in dims:
+        x, y = a[d.column].to_numpy(), b[d.column].to_numpy()
+        if d.numeric:
+            diff = (x.astype(float)[:, None] - y.astype(float)[None, :]) / spans[d.column]
+        else:
+            diff = (x[:, None] != y[None, :]).astype(float)
+        d2 += diff ** 2
+    return d2
+
+
+def estimate(configs: pd.DataFrame, obs: pd.DataFrame, dims: list[Dim], spans: dict,
+             bandwidth: float = BANDWIDTH) -> pd.DataFrame:
+    """Kernel-smoothed ``accuracy_delta`` and ``time_saved`` of each config from one dataset's trials."""
+    w = np.exp(-0.5 * _distance2(configs, obs, dims, spans) / bandwidth ** 2)
+    w = np.maximum(w, 1e-300)  # far from every trial: the plain mean, not 0/0
+    total = w.sum(axis=1)
+    return pd.DataFrame({"accuracy_delta": w @ obs["accuracy_delta"].to_numpy(float) / total,
+                         "time_saved": w @ obs["time_saved"].to_numpy(float) / total,
+                         "support": total})
+
+
+def _spans(t: pd.DataFrame, dims: list[Dim]) -> dict:
+    spans = {}
+    for d in dims:
+        if d.numeric:
+            v = t[d.column].astype(float)
+            spans[d.column] = float(v.max() - v.min()) or 1.0
+    return spans
+
+
+def recommend_strategy(trials: pd.DataFrame, strategy: str, max_accuracy_drop: float = DEFAULT_DROP,
+                       bandwidth: float = BANDWIDTH) -> Recommendation | None:
+    """The robust configuration of ``strategy`` over the datasets in ``trials`` (one model)."""
+    t = trials[trials["strategy"] == strategy]
+    dims = strategy_dims(strategy, t)
+    t = transferable(t, dims)
+    obs = _observations(t)
+    if not len(obs) or not dims:
+        return None
+    cols = [d.column for d in dims]
+    cands = obs[obs["status"] == "ok"][cols].drop_duplicates().reset_index(drop=True)
+    if not len(cands):
+        return None
+    spans = _spans(obs, dims)
+    datasets = sorted(obs["dataset"].unique())
+    est = {ds: estimate(cands, obs[obs["dataset"] == ds], dims, spans, bandwidth) for ds in datasets}
+    delta = np.column_stack([est[ds]["accuracy_delta"] for ds in datasets])
+    saved = np.column_stack([est[ds]["time_saved"] for ds in datasets])
+    feasible = within_drop(delta, max_accuracy_drop).all(axis=1)
+    worst_saved, worst_delta = saved.min(axis=1), delta.min(axis=1)
+    # lexsort: last key first; ties beyond both go to the first candidate in a stable order
+    if feasible.any():
+        order = np.lexsort((-worst_delta, -worst_saved, ~feasible))
+    else:
+        order = np.lexsort((-worst_saved, -worst_delta))
+    i = int(order[0])
+    per = pd.DataFrame({"dataset": datasets, "accuracy_delta": delta[i], "time_saved": saved[i],
+                        "trials": [int((obs["dataset"] == ds).sum()) for ds in datasets]})
+    model = str(t["model"].iloc[0]) if "model" in t.columns else ""
+    config = {c: _plain(cands.loc[i, c]) for c in cols}
+    return Recommendation(strategy, model, config, bool(feasible[i]), per, dims)
+
+
+def recommend(trials: pd.DataFrame, model: str, exclude_dataset: str | None = None,
+              max_accuracy_drop: float = DEFAULT_DROP, bandwidth: float = BANDWIDTH) -> list[Recommendation]:
+    """One recommendation per strategy (baseline aside) for ``model``, from every dataset but ``exclude_dataset``."""
+    if max_accuracy_drop is None or not np.isfinite(max_accuracy_drop) or max_accuracy_drop < 0:
+        raise UserError("--max-accuracy-drop", f"must be a number of percentage points >= 0, got {max_accuracy_drop}")
+    models = sorted(trials["model"].dropna().unique())
+    if model not in models:
+        raise UserError("--model", f"no trials of model {model!r} (present: {', '.join(models) or 'none'})")
+    t = trials[trials["model"] == model]
+    if exclude_dataset is not None:
+        t = t[t["dataset"] != exclude_dataset]
+    if not len(t):
+        raise UserError("--dataset", f"no trials of {model} on any dataset other than {exclude_dataset!r}")
+    recs = []
+    for strategy in sorted(set(t["strategy"]) - {"baseline"}):
+        r = recommend_strategy(t, strategy, max_accuracy_drop, bandwidth)
+        if r is not None:
+            recs.append(r)
+    return recs
+
+
+def evaluate(trials: pd.DataFrame, max_accuracy_drop: float = DEFAULT_DROP, bandwidth: float = BANDWIDTH) -> pd.DataFrame:
+    """Leave-one-dataset-out: one row per (model, held-out dataset, strategy)."""
+    rows = []
+    for model, tm in trials.groupby("model", sort=True):
+        datasets = sorted(tm["dataset"].unique())
+        if len(datasets) < 2:
+            continue
+        for held_out in datasets:
+            for r in recommend(tm, model, held_out, max_accuracy_drop, bandwidth):
+                own = transferable(tm[(tm["dataset"] == held_out) & (tm["strategy"] == r.strategy)], r.dims)
+                obs = _observations(own)
+                if not len(obs):
+                    continue
+                spans = _spans(transferable(tm[tm["strategy"] == r.strategy], r.dims), r.dims)
+                cfg = pd.DataFrame([r.config])
+                e = estimate(cfg, obs, r.dims, spans, bandwidth).iloc[0]
+                ok = obs[obs["status"] == "ok"]
+                inside = ok[within_drop(ok["accuracy_delta"], max_accuracy_drop)]
+                best = max(float(inside["time_saved"].max()) if len(inside) else 0.0, 0.0)
+                rows.append(dict(model=model, held_out=held_out, strategy=r.strategy,
+                                 config=" ".join(f"{k}={_fmt(v)}" for k, v in r.config.items()),
+                                 accuracy_delta=float(e["accuracy_delta"]), time_saved=float(e["time_saved"]),
+                                 best_time_saved=best, regret=best - float(e["time_saved"]),
+                                 held=bool(within_drop(e["accuracy_delta"], max_accuracy_drop))))
+    return pd.DataFrame(rows, columns=["model", "held_out", "strategy", "config", "accuracy_delta", "time_saved",
+                                       "best_time_saved", "regret", "held"])
+
+
+def summarize(ev: pd.DataFrame) -> pd.DataFrame:
+    """Per strategy: mean regret in time saved and how often the drop limit held."""
+    g = ev.groupby("strategy", sort=True)
+    return pd.DataFrame({"held_out_datasets": g.size(), "mean_regret": g["regret"].mean(),
+                         "max_regret": g["regret"].max(), "held": g["held"].sum()}).reset_index()
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (bool, np.bool_)):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)

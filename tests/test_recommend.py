@@ -1,0 +1,150 @@
+"""``ldtune recommend``: robust, transferable defaults on a fixture whose right answer is known by construction."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from ldtune.cli import main as cli
+from ldtune.pareto import load
+from ldtune.recommend import evaluate, recommend, summarize
+
+# dataset -> epochs: the same fraction of training is a different number of warm-up epochs on each
+EPOCHS = {"fashion_mnist": 10, "mnist5k": 20, "digits": 5}
+
+
+def freezing(ds, frac):
+    """Time saved falls with the warm-up fraction. Too short a warm-up costs 3 points: below 0.4 of
+    training on fashion_mnist and digits, below 0.6 on mnist5k. So 0.4 is best on those two, and only 0.6
+    holds a 1-point limit everywhere: the robust answer is 0.6 (worst case: 20% saved)."""
+    bad = frac < (0.6 if ds == "mnist5k" else 0.4) - 1e-9
+    return (-0.03 if bad else -0.002), 0.5 * (1 - frac)
+
+
+def freezeout(ds, t0, schedule):
+    """cubic saves 10 points more than linear, but with t0 = 0.5 it costs 2 points on mnist5k: the robust
+    answer is cubic with t0 = 0.7 (19% saved in the worst case; linear/0.5 saves 15%, cubic/0.5 breaks)."""
+    bad = ds == "mnist5k" and schedule == "cubic" and t0 < 0.6
+    return (-0.02 if bad else -0.001), 0.3 * (1 - t0) + (0.1 if schedule == "cubic" else 0.0)
+
+
+def layerdropback(ds, p):
+    """Saves 0.4 p everywhere, but p = 0.8 diverges on digits: the robust answer is p = 0.5."""
+    return -0.001, 0.4 * p
+
+
+def build(root, datasets=EPOCHS):
+    rng = np.random.default_rng(1)
+    for ds, epochs in datasets.items():
+        rows = []
+
+        def add(strategy, delta, saved, status="ok", **hp):
+            acc = 0.9 + delta if status == "ok" else np.nan
+            row = dict(study=f"transfer_{ds}", trial_id=f"{ds}_{len(rows)}", strategy=strategy, model="resnet20",
+                       dataset=ds, epochs=epochs, seed=len(rows), status=status,
+                       error=None if status == "ok" else "loss is nan", test_accuracy=acc,
+                       train_time_s=10 * (1 - saved), train_flops=1e9, flops_saved=saved, time_saved=saved,
+                       speedup=1 / (1 - saved), accuracy_delta=delta if status == "ok" else np.nan,
+                       device_name="cpu", warmup_epochs=None, p=None, s=None, kappa=None, t0=None,
+                       schedule=None, scale_lr=None)
+            rows.append({**row, **hp})
+        for _ in range(3):
+            add("baseline", 0.001 * rng.standard_normal(), 0.01 * rng.standard_normal())
+        for frac in (0.2, 0.4, 0.6, 0.8):
+            delta, saved = freezing(ds, frac)
+            add("freezing", delta + 0.0005 * rng.standard_normal(), saved + 0.002 * rng.standard_normal(),
+                warmup_epochs=round(frac * epochs))
+        for t0 in (0.5, 0.7, 0.9):
+            for schedule in ("linear", "cubic"):
+                delta, saved = freezeout(ds, t0, schedule)
+                add("freezeout", delta, saved, t0=t0, schedule=schedule, scale_lr=True)
+        for p in (0.2, 0.5, 0.8):
+            delta, saved = layerdropback(ds, p)
+            add("layerdropback", delta, saved, status="diverged" if (ds == "digits" and p == 0.8) else "ok",
+                p=p, s=2, kappa=1.0)
+        d = root / f"transfer_{ds}"
+        d.mkdir(parents=True)
+        df = pd.DataFrame(rows)
+        for col in ("warmup_epochs", "s"):
+            df[col] = df[col].astype("Int64")
+        df["scale_lr"] = df["scale_lr"].astype("boolean")
+        df.to_parquet(d / "trials.parquet")
+    return root
+
+
+@pytest.fixture
+def results(tmp_path):
+    return build(tmp_path / "results")
+
+
+def test_recommend_picks_the_robust_config_in_transferable_units(results):
+    recs = {r.strategy: r for r in recommend(load(results), "resnet20", max_accuracy_drop=1.0)}
+    assert sorted(recs) == ["freezeout", "freezing", "layerdropback"]
+    f = recs["freezing"]
+    assert f.held and f.config == {"warmup_fraction": pytest.approx(0.6)}
+    assert f.hparams(epochs=30) == {"warmup_epochs": 18} and f.hparams(epochs=4) == {"warmup_epochs": 2}
+    assert f.worst_saved == pytest.approx(0.2, abs=0.01)
+    assert list(f.per_dataset["dataset"]) == ["digits", "fashion_mnist", "mnist5k"]
+    z = recs["freezeout"]
+    assert z.held and (z.config["t0"], z.config["schedule"]) == (pytest.approx(0.7), "cubic")
+    assert z.hparams(10) == {"t0": pytest.approx(0.7), "schedule": "cubic", "scale_lr": True}
+    assert recs["layerdropback"].config["p"] == pytest.approx(0.5)  # 0.8 diverged on digits
+    # a looser limit lets the faster configs in; a tighter one than anything achieved holds nowhere
+    loose = {r.strategy: r for r in recommend(load(results), "resnet20", max_accuracy_drop=3.5)}
+    assert loose["freezing"].config == {"warmup_fraction": pytest.approx(0.2)}
+    tight = {r.strategy: r for r in recommend(load(results), "resnet20", max_accuracy_drop=0.05)}
+    assert not tight["freezing"].held
+
+
+def test_leave_one_dataset_out_regret(results):
+    ev = evaluate(load(results), max_accuracy_drop=1.0).set_index(["held_out", "strategy"])
+    assert len(ev) == 9
+    # held out fashion_mnist: the others agree on 0.6; its own best within 1 point is 0.4 (30%): regret 10 points
+    a = ev.loc[("fashion_mnist", "freezing")]
+    assert a["config"] == "warmup_fraction=0.6" and a["held"]
+    assert a["regret"] == pytest.approx(0.1, abs=0.01)
+    # held out mnist5k: the others say 0.4, which costs 3 points on mnist5k: the limit does not hold
+    b = ev.loc[("mnist5k", "freezing")]
+    assert b["config"] == "warmup_fraction=0.4" and not b["held"]
+    assert b["best_time_saved"] == pytest.approx(0.2, abs=0.01)
+    s = summarize(ev.reset_index()).set_index("strategy")
+    assert s.loc["freezing", "held"] == 2 and s.loc["freezing", "held_out_datasets"] == 3
+    # held out digits: the others say p = 0.8, which diverged on digits
+    assert s.loc["layerdropback", "held"] == 2 and not ev.loc[("digits", "layerdropback")]["held"]
+
+
+def test_cli_prints_a_valid_spec_snippet(results, tmp_path, capsys):
+    code = cli(["recommend", str(results), "--model", "resnet20", "--dataset", "cifar10", "--epochs", "30"])
+    out, err = capsys.readouterr()
+    assert (code, err) == (0, "")
+    snippet = yaml.safe_load(out)  # comments and all, the output is one YAML document
+    strategies = snippet["strategies"]
+    assert strategies["freezing"]["search"] == {"warmup_epochs": 18}
+    assert strategies["freezeout"]["search"] == {"t0": 0.7, "schedule": "cubic", "scale_lr": True}
+    assert snippet["workload"] == {"model": "resnet20", "dataset": "cifar10", "epochs": 30}
+    assert "# freezing: warmup_fraction=0.6 -> warmup_epochs=18 at 30 epochs; held on every dataset" in out
+    (tmp_path / "rec.yaml").write_text(out)
+    assert cli(["validate", str(tmp_path / "rec.yaml")]) == 0  # the study runner accepts it as it is
+    assert capsys.readouterr().out.endswith("rec.yaml: ok\n")
+
+
+def test_cli_evaluate(results, capsys):
+    assert cli(["recommend", "--evaluate", str(results), "--format", "json"]) == 0
+    recs = json.loads(capsys.readouterr().out)
+    assert {r["strategy"] for r in recs["summary"]} == {"freezing", "freezeout", "layerdropback"}
+    assert len(recs["folds"]) == 9
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "vgg11_bn"], "ldtune: error: --model: no trials of model 'vgg11_bn'"),
+    ([], "ldtune: error: --model: required"),
+    (["--model", "resnet20", "--max-accuracy-drop", "-2"], "ldtune: error: --max-accuracy-drop: "),
+    (["--model", "resnet20", "--epochs", "0"], "ldtune: error: --epochs: "),
+])
+def test_cli_bad_input_exit_2(results, capsys, argv, message):
+    assert cli(["recommend", str(results), *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(message) and err.count("\n") == 1
