@@ -1,0 +1,95 @@
+"""A study on two Ray nodes on this machine (``ray.cluster_utils.Cluster``): trials land on both; the
+worker node is killed mid-trial and the study still ends with every trial accounted for. And
+``cluster.yaml`` passes Ray's own cluster-config validation."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import pandas as pd
+import pytest
+import ray
+import yaml
+from ray import tune
+from ray.autoscaler._private.util import prepare_config, validate_config
+from ray.cluster_utils import Cluster
+
+from ldtune import runner, study as study_mod
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_cluster_yaml_passes_ray_validation():
+    config = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    validate_config(config)
+    validate_config(prepare_config(copy.deepcopy(config)))  # merged with Ray's AWS defaults, as `ray up` does
+    # a GPU worker type with autoscaling bounds, setup that installs ldtune
+    workers = {k: v for k, v in config["available_node_types"].items() if k != config["head_node_type"]}
+    assert any(v["node_config"]["InstanceType"].startswith(("g", "p")) for v in workers.values())
+    assert all(0 <= v["min_workers"] <= v["max_workers"] <= config["max_workers"] for v in workers.values())
+    assert any("pip install -e ~/ldtune" in c for c in config["setup_commands"])
+    # no port open to the world beyond SSH; the dashboard listens on localhost only
+    rules = config["provider"]["security_group"]["IpPermissions"]
+    assert [(r["FromPort"], r["ToPort"]) for r in rules] == [(22, 22)]
+    assert not any("0.0.0.0" in c for c in config["head_start_ray_commands"])
+    # the validation is real: a misspelt key fails it
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config({**config, "max_worker": 3})
+
+
+class KillWorkerMidTrial(tune.Callback):
+    """Removes the worker node when a trial running there reports its first (non-final) epoch."""
+
+    def __init__(self, cluster: Cluster, worker):
+        self.cluster, self.worker = cluster, worker
+        self.worker_id = worker.node_id
+        self.nodes_seen: set[str] = set()
+        self.killed_trial = None
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.nodes_seen.add(result.get("node_id"))
+        if self.killed_trial is None and result.get("node_id") == self.worker_id and not result.get("final"):
+            self.killed_trial = trial.config["trial_id"]
+            self.cluster.remove_node(self.worker, allow_graceful=False)
+
+    def __getstate__(self):  # Tune pickles callbacks into tuner.pkl; a Cluster handle does not pickle
+        return {k: v for k, v in self.__dict__.items() if k not in ("cluster", "worker")}
+
+
+@pytest.fixture
+def two_nodes():
+    cluster = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    worker = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    yield cluster, worker
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def test_trials_on_both_nodes_and_a_dead_worker_node_is_retried(two_nodes, tmp_path):
+    cluster, worker = two_nodes
+    spec = study_mod.from_dict({
+        "name": "two-nodes",
+        "workload": {"model": "resnet20", "width": 4, "dataset": "digits", "subset": 512, "epochs": 3,
+                     "batch_size": 32},
+        "baseline": {"repeats": 2},
+        "strategies": {"freezeout": {"trials": 4}},
+        "max_concurrent": 2,
+        "max_failures": 2,
+    })
+    killer = KillWorkerMidTrial(cluster, worker)
+    outcome = runner.run_study(spec, tmp_path, callbacks=[killer])
+    head_id = cluster.head_node.node_id
+
+    assert killer.killed_trial is not None, "the worker node never ran a trial"
+    assert {head_id, worker.node_id} <= killer.nodes_seen  # trials landed on both nodes
+    assert outcome.retries >= 1  # Tune restarted the trial the dead node was running
+    assert not outcome.interrupted
+    trials = pd.read_parquet(tmp_path / "two-nodes" / "trials.parquet")
+    expected = {f"baseline-00{k}" for k in range(2)} | {f"freezeout-00{k}" for k in range(4)}
+    assert set(trials["trial_id"]) == expected and trials["trial_id"].is_unique
+    assert (trials["status"] == "ok").all(), trials[["trial_id", "status", "error"]]
+    assert outcome.nodes[killer.killed_trial] == head_id  # its retry finished on the surviving node
+    epochs = pd.read_parquet(tmp_path / "two-nodes" / "epochs.parquet")
+    assert len(epochs) == 3 * len(expected) and not epochs.duplicated(["trial_id", "epoch"]).any()
