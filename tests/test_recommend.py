@@ -138,11 +138,35 @@ def test_cli_evaluate(results, capsys):
     assert len(recs["folds"]) == 9
 
 
+def test_cli_confirm_runs_a_short_study_on_the_new_dataset(results, tmp_path, capsys):
+    # the workload of a source study (its study.yaml), made tiny; the new dataset is digits, so
+    # digits' own study is left out of the recommendation
+    (results / "transfer_fashion_mnist" / "study.yaml").write_text(yaml.safe_dump({"workload": {
+        "model": "resnet20", "width": 4, "dataset": "fashion_mnist", "subset": 256, "epochs": 10, "batch_size": 64}}))
+    out_dir = tmp_path / "confirm"
+    code = cli(["recommend", str(results), "--model", "resnet20", "--dataset", "digits", "--strategy", "freezing",
+                "--epochs", "2", "--repeats", "1", "--confirm", "--output", str(out_dir)])
+    out = capsys.readouterr().out
+    study = out_dir / "recommend_resnet20_digits"
+    trials = pd.read_parquet(study / "trials.parquet")
+    assert sorted(trials["strategy"]) == ["baseline", "freezing"]
+    f = trials[trials["strategy"] == "freezing"].iloc[0]
+    assert (f["dataset"], f["epochs"], f["warmup_epochs"]) == ("digits", 2, 1)  # 0.6 of 2 epochs, rounded
+    held = f["status"] == "ok" and f["accuracy_delta"] >= -0.01 - 1e-9
+    assert code == (0 if held else 1)
+    assert f"# freezing          {'held' if held else 'did NOT hold'}" in out
+    assert yaml.safe_load(out)["workload"] == {"model": "resnet20", "width": 4, "dataset": "digits", "subset": 256,
+                                               "epochs": 2, "batch_size": 64}
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--model", "vgg11_bn"], "ldtune: error: --model: no trials of model 'vgg11_bn'"),
     ([], "ldtune: error: --model: required"),
     (["--model", "resnet20", "--max-accuracy-drop", "-2"], "ldtune: error: --max-accuracy-drop: "),
     (["--model", "resnet20", "--epochs", "0"], "ldtune: error: --epochs: "),
+    (["--model", "resnet20", "--dataset", "svhn"], "ldtune: error: --dataset: unknown dataset 'svhn'"),
+    (["--model", "resnet20", "--strategy", "nope"], "ldtune: error: --strategy: no recommendation for 'nope'"),
+    (["--model", "resnet20", "--confirm"], "ldtune: error: --dataset: --confirm needs"),
 ])
 def test_cli_bad_input_exit_2(results, capsys, argv, message):
     assert cli(["recommend", str(results), *argv]) == 2

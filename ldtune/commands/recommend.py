@@ -22,7 +22,10 @@ def configure(p) -> None:
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs of the new runs (default: those of the studies in DIR); fractions of training "
                         "become epochs with it")
+    p.add_argument("--strategy", action="append", default=None, metavar="S",
+                   help="only this strategy (repeat for several; default: every strategy in DIR)")
     p.add_argument("--trials", type=int, default=1, help="trials per recommended strategy in the spec (default 1)")
+    p.add_argument("--repeats", type=int, default=3, help="baseline repeats in the spec (default 3)")
     p.add_argument("--confirm", action="store_true",
                    help="run the spec as a short study on NEW (plus baseline) and report which held")
     p.add_argument("--output", default=None, metavar="OUT",
@@ -101,22 +104,31 @@ def main(a) -> int:
         raise UserError("--model", "required (or use --evaluate)")
     if a.epochs is not None and a.epochs < 1:
         raise UserError("--epochs", f"must be an integer >= 1, got {a.epochs}")
-    if a.trials < 1:
-        raise UserError("--trials", f"must be an integer >= 1, got {a.trials}")
+    for flag, v in (("--trials", a.trials), ("--repeats", a.repeats)):
+        if v < 1:
+            raise UserError(flag, f"must be an integer >= 1, got {v}")
     if a.confirm and a.dataset is None:
         raise UserError("--dataset", "--confirm needs the new dataset")
     recs = rec.recommend(trials, a.model, a.dataset, a.max_accuracy_drop)
+    if a.strategy:
+        known = sorted(r.strategy for r in recs)
+        for s in a.strategy:
+            if s not in known:
+                raise UserError("--strategy", f"no recommendation for {s!r} (strategies with trials: {', '.join(known)})")
+        recs = [r for r in recs if r.strategy in a.strategy]
     used = trials[(trials["model"] == a.model) & (trials["dataset"] != a.dataset)]
     datasets = sorted(used["dataset"].unique())
     workload = source_workload(a.dir, a.model)
     epochs = a.epochs or int(workload.get("epochs") or used["epochs"].median())
     dataset = a.dataset or workload.get("dataset") or datasets[0]
-    spec = build_spec(recs, a.model, dataset, epochs, workload, a.trials)
+    spec = build_spec(recs, a.model, dataset, epochs, workload, a.trials, a.repeats)
     _check_spec(spec)
     target = a.dataset or "a new dataset (set workload.dataset)"
     text = "\n".join(explain(recs, datasets, a.model, target, epochs, a.max_accuracy_drop))
     print(text + "\n" + yaml.safe_dump(spec, sort_keys=False, default_flow_style=None).rstrip())
     if a.confirm:
+        if not spec["strategies"]:
+            raise UserError("--confirm", "no recommendation held the accuracy-drop limit: nothing to confirm")
         return _confirm(spec, a)
     return 0
 
