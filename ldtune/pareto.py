@@ -116,6 +116,8 @@ def pareto(df: pd.DataFrame, by=("model", "dataset"), *, model: str | None = Non
     if max_accuracy_drop is not None:
         if not np.isfinite(max_accuracy_drop) or max_accuracy_drop < 0:
             raise UserError("--max-accuracy-drop", f"must be a number of percentage points >= 0, got {max_accuracy_drop}")
+        if "accuracy_delta" not in df.columns:
+            raise UserError("trials", "missing column 'accuracy_delta'")
         df = df[within_drop(df["accuracy_delta"], max_accuracy_drop)]
     keys = [k for k in by if k in df.columns]
     out = []

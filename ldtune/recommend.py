@@ -137,13 +137,15 @@ def _distance2(a: pd.DataFrame, b: pd.DataFrame, dims: list[Dim], spans: dict) -
 
 def estimate(configs: pd.DataFrame, obs: pd.DataFrame, dims: list[Dim], spans: dict,
              bandwidth: float = BANDWIDTH) -> pd.DataFrame:
-    """Kernel-smoothed ``accuracy_delta`` and ``time_saved`` of each config from one dataset's trials."""
-    w = np.exp(-0.5 * _distance2(configs, obs, dims, spans) / bandwidth ** 2)
-    w = np.maximum(w, 1e-300)  # far from every trial: the plain mean, not 0/0
+    """Kernel-smoothed ``accuracy_delta`` and ``time_saved`` of each config from one dataset's trials.
+    Weights are relative to the nearest trial, so a config far from every trial gets its nearest
+    trial's values (not 0/0)."""
+    d2 = _distance2(configs, obs, dims, spans)
+    w = np.exp(-0.5 * (d2 - d2.min(axis=1, keepdims=True)) / bandwidth ** 2)
     total = w.sum(axis=1)
     return pd.DataFrame({"accuracy_delta": w @ obs["accuracy_delta"].to_numpy(float) / total,
                          "time_saved": w @ obs["time_saved"].to_numpy(float) / total,
-                         "support": total})
+                         "nearest": np.sqrt(d2.min(axis=1))})  # distance to the nearest trial, in ranges
 
 
 def _spans(t: pd.DataFrame, dims: list[Dim]) -> dict:

@@ -172,3 +172,17 @@ def test_cli_bad_input_exit_2(results, capsys, argv, message):
     assert cli(["recommend", str(results), *argv]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.startswith(message) and err.count("\n") == 1
+
+
+def test_estimate_smooths_neighbours_and_falls_back_to_the_nearest_trial():
+    from ldtune.recommend import Dim, estimate
+    dims = [Dim("p", "p", True, False), Dim("schedule", "schedule", False, False)]
+    obs = pd.DataFrame({"p": [0.2, 0.3, 0.9], "schedule": ["a", "a", "a"],
+                        "accuracy_delta": [-0.01, -0.03, -0.5], "time_saved": [0.1, 0.3, 0.9]})
+    cfg = pd.DataFrame({"p": [0.25, 0.25, 5.0, 0.2], "schedule": ["a", "b", "a", "a"]})
+    e = estimate(cfg, obs, dims, {"p": 1.0}, bandwidth=0.1)
+    assert e["time_saved"][0] == pytest.approx(0.2, abs=1e-3)  # halfway: the mean of its two neighbours
+    assert e["accuracy_delta"][0] == pytest.approx(-0.02, abs=1e-3)
+    assert e["time_saved"][1] == pytest.approx(e["time_saved"][0])  # every trial is as far in category
+    assert e["time_saved"][2] == pytest.approx(0.9)  # far beyond every trial: the nearest one
+    assert 0.1 < e["time_saved"][3] < 0.2  # on a trial, pulled a little toward its neighbour
