@@ -90,7 +90,7 @@ def standardize(p: Sequence[float]) -> list[float]:
     if a.size == 0:
         return []
     sd = a.std()
-    return [0.0] * a.size if sd == 0 or not math.isfinite(sd) else list((a - a.mean()) / sd)
+    return [0.0] * a.size if sd == 0 or not math.isfinite(sd) else [float(v) for v in (a - a.mean()) / sd]
 
 
 def candidate_end(ps: Sequence[float], rule: str = "eq4") -> int | None:
