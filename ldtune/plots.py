@@ -4,7 +4,8 @@
 
 1. test accuracy vs time saved, one colour per strategy, every ``ok`` trial as a dot, each
    strategy's Pareto front as a step line, the global front as a black dashed step, and the
-   baseline spread (min to max accuracy of the baseline trials) as a grey band;
+   baseline spread (min to max accuracy of the baseline trials) as a grey band; the axis stops
+   ``ZOOM_PP`` points below the worst baseline, and a note counts the trials below it;
 2. training time per epoch (mean and standard deviation over the strategy's trials);
 3. active (trained) blocks per epoch, likewise.
 
@@ -30,6 +31,7 @@ from .errors import UserError  # noqa: E402
 from .pareto import load, nondominated  # noqa: E402
 
 GROUP = ["model", "dataset"]
+ZOOM_PP = 15  # the trade-off panel shows accuracy down to this many points below the worst baseline
 
 
 def palette(strategies) -> dict:
@@ -56,6 +58,13 @@ def _tradeoff_panel(ax, g: pd.DataFrame, colors: dict) -> None:
     for name, part in g.groupby("strategy"):
         _front_steps(ax, part, color=colors[name], lw=1.4)
     _front_steps(ax, g, color="black", lw=1.0, ls="--", label="global front")
+    if len(base):  # zoom on the useful range: trials far below the baseline are counted, not drawn
+        floor = lo - ZOOM_PP
+        below = int((100 * g["test_accuracy"] < floor).sum())
+        if below:
+            ax.set_ylim(floor, max(100 * g["test_accuracy"].max(), hi) + 1)
+            ax.text(0.99, 0.01, f"{below} trial(s) below {floor:.0f}% not shown", transform=ax.transAxes,
+                    ha="right", va="bottom", fontsize=7, color="0.3")
     ax.set_xlabel("time saved vs baseline (%)")
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=7, loc="lower left")
