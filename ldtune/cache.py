@@ -20,7 +20,9 @@ available RAM for ``host``. The environment variables ``LDTUNE_CACHE_DEVICE_BYTE
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterator
 
@@ -169,7 +171,7 @@ class FeatureCache:
         """Run blocks[:depth] once over the training set, without augmentation, in the blocks'
         current mode (the loop freezes them, i.e. puts them in eval mode, first)."""
         self.close()
-        autocast = autocast or _null
+        autocast = autocast or nullcontext
         labels = torch.empty(data.num_train, dtype=torch.long, device=self.device)
         lo = 0
         for b in data.train_plain(batch_size):
@@ -188,7 +190,7 @@ class FeatureCache:
     def advance(self, blocks, depth: int, batch_size: int = 512, autocast=None) -> None:
         """Push the cached features through blocks[self.depth:depth] into a new store (whose tier
         is chosen again for the new size); the old one is freed."""
-        autocast = autocast or _null
+        autocast = autocast or nullcontext
         old, new = self.store, None
         n = old.shape[0]
         for lo in range(0, n, batch_size):
@@ -225,15 +227,7 @@ class FeatureCache:
         self.store = self.labels = None
         self.depth = 0
         if self._tmpdir is not None:
-            import shutil
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
             self.workdir = None
 
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
