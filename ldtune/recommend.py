@@ -16,7 +16,8 @@ The robust choice, per strategy and model:
 3. candidates whose estimated drop stays within the limit on *every* dataset are feasible; the
    recommendation is the feasible one with the best worst-case time saved (ties: the better
    worst-case accuracy). If none is feasible, the one with the best worst-case accuracy is shown,
-   marked as not holding.
+   marked as not holding; a feasible one that saves no time in the worst case is shown as such.
+   Only recommendations that hold and save time go into the study-spec snippet.
 
 ``evaluate`` scores this leave-one-dataset-out: recommend from the other datasets, then compare,
 on the held-out dataset's own study, the recommendation's (smoothed) accuracy drop and time
@@ -54,6 +55,11 @@ class Recommendation:
     held: bool  # estimated within the drop limit on every dataset
     per_dataset: pd.DataFrame  # dataset, accuracy_delta, time_saved (estimates), trials
     dims: list = field(default_factory=list)
+
+    @property
+    def useful(self) -> bool:
+        """Held the limit everywhere and saves time in the worst case."""
+        return self.held and self.worst_saved > 0
 
     @property
     def worst_saved(self) -> float:

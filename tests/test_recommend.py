@@ -186,3 +186,15 @@ def test_estimate_smooths_neighbours_and_falls_back_to_the_nearest_trial():
     assert e["time_saved"][1] == pytest.approx(e["time_saved"][0])  # every trial is as far in category
     assert e["time_saved"][2] == pytest.approx(0.9)  # far beyond every trial: the nearest one
     assert 0.1 < e["time_saved"][3] < 0.2  # on a trial, pulled a little toward its neighbour
+
+
+def test_cli_leaves_out_what_did_not_hold(results, capsys):
+    # nothing stays within 0.05 points everywhere: every strategy is explained, none is in the spec
+    assert cli(["recommend", str(results), "--model", "resnet20", "--max-accuracy-drop", "0.05"]) == 0
+    out = capsys.readouterr().out
+    assert yaml.safe_load(out)["strategies"] == {}
+    assert out.count("NOT within the limit everywhere") == 3
+    assert cli(["recommend", str(results), "--model", "resnet20", "--dataset", "digits", "--max-accuracy-drop",
+                "0.05", "--confirm"]) == 2
+    assert capsys.readouterr() == ("", "ldtune: error: --confirm: no recommendation held the accuracy-drop limit: "
+                                       "nothing to confirm\n")

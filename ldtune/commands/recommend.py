@@ -59,9 +59,9 @@ def source_workload(directory, model: str) -> dict:
 
 
 def build_spec(recs, model: str, dataset: str, epochs: int, workload: dict, trials: int, repeats: int = 3) -> dict:
-    """A study spec holding each recommendation that held at its values (in epochs of this run)."""
+    """A study spec holding each useful recommendation at its values (in epochs of this run)."""
     w = {**workload, "model": model, "dataset": dataset, "epochs": epochs}
-    strategies = {r.strategy: {"trials": trials, "search": r.hparams(epochs)} for r in recs if r.held}
+    strategies = {r.strategy: {"trials": trials, "search": r.hparams(epochs)} for r in recs if r.useful}
     return {"name": f"recommend_{model}_{dataset}".replace(":", "_").replace("/", "_"), "workload": w,
             "baseline": {"repeats": repeats}, "strategies": strategies}
 
@@ -84,11 +84,13 @@ def explain(recs, datasets, model, target, epochs, limit) -> list[str]:
         cfg = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.config.items())
         own = " ".join(f"{k}={v}" for k, v in r.hparams(epochs).items())
         own = f" -> {own} at {epochs} epochs" if any(d.per_epoch for d in r.dims) else ""
-        verdict = "held on every dataset" if r.held else "NOT within the limit everywhere (the safest config; left out)"
+        verdict = ("held on every dataset" if r.useful else
+                   "within the limit but saves no time in the worst case (left out)" if r.held else
+                   "NOT within the limit everywhere (the safest config; left out)")
         lines.append(f"# {r.strategy}: {cfg}{own}; {verdict};"
                      f" worst case {_pct(r.worst_saved)} time saved, {_pp(r.worst_delta)}")
         for x in r.per_dataset.itertuples():
-            lines.append(f"#   {x.dataset:<16} {_pct(x.time_saved):>7} saved  {_pp(x.accuracy_delta):>10}  ({x.trials} trials)")
+            lines.append(f"#   {x.dataset:<16} {_pct(x.time_saved):>7} saved  {_pp(x.accuracy_delta):>10}  ({x.trials} trial{'s' * (x.trials != 1)})")
     return lines
 
 
@@ -123,12 +125,12 @@ def main(a) -> int:
     dataset = a.dataset or workload.get("dataset") or datasets[0]
     spec = build_spec(recs, a.model, dataset, epochs, workload, a.trials, a.repeats)
     _check_spec(spec)
+    if a.confirm and not spec["strategies"]:
+        raise UserError("--confirm", "no recommendation held the accuracy-drop limit: nothing to confirm")
     target = a.dataset or "a new dataset (set workload.dataset)"
     text = "\n".join(explain(recs, datasets, a.model, target, epochs, a.max_accuracy_drop))
     print(text + "\n" + yaml.safe_dump(spec, sort_keys=False, default_flow_style=None).rstrip())
     if a.confirm:
-        if not spec["strategies"]:
-            raise UserError("--confirm", "no recommendation held the accuracy-drop limit: nothing to confirm")
         return _confirm(spec, a)
     return 0
 
