@@ -44,6 +44,7 @@ def _count(fn) -> int:
 
 
 def _measure_leaf(m: nn.Module, shape: torch.Size, dtype, device) -> tuple[int, int, int]:
+    """(forward, input-gradient, weight-gradient) FLOPs per sample of leaf ``m`` at input ``shape``."""
     saved = {p: p.requires_grad for p in m.parameters(recurse=False)}
     n = shape[0]
     x = torch.zeros(shape, dtype=dtype, device=device)
@@ -51,18 +52,16 @@ def _measure_leaf(m: nn.Module, shape: torch.Size, dtype, device) -> tuple[int, 
     m.eval()
     try:
         fwd = _count(lambda: m(x))
-        if not (isinstance(m, (nn.Conv2d, nn.Linear, nn.Conv1d)) or _count(lambda: m(x)) > 0):
+        if fwd == 0:  # BN and other leaves FlopCounterMode does not count
             return 0, 0, 0
-        # input gradient only
-        for p in saved:
+        for p in saved:  # input gradient only
             p.requires_grad_(False)
         xi = x.clone().requires_grad_(True)
         out = m(xi)
         bwd_in = _count(lambda: out.backward(torch.ones_like(out)))
-        # weight gradient only
-        w = getattr(m, "weight", None)
         bwd_w = 0
-        if w is not None:
+        w = getattr(m, "weight", None)
+        if w is not None:  # weight gradient only
             w.requires_grad_(True)
             out = m(x)
             bwd_w = _count(lambda: out.backward(torch.ones_like(out)))
@@ -72,6 +71,12 @@ def _measure_leaf(m: nn.Module, shape: torch.Size, dtype, device) -> tuple[int, 
             p.requires_grad_(r)
         m.train(was_training)
     return fwd // n, bwd_in // n, bwd_w // n
+
+
+def _signature(m: nn.Module, shape, dtype) -> tuple:
+    """Leaves with equal signatures cost the same: measure each signature once."""
+    return (type(m), m.extra_repr(), tuple((k, tuple(p.shape)) for k, p in m.named_parameters(recurse=False)),
+            tuple(shape), dtype)
 
 
 class CostTable:
@@ -98,8 +103,13 @@ class CostTable:
             for h in hs:
                 h.remove()
             model.train(was_training)
-        measured = {m: Leaf(m, *_measure_leaf(m, *shapes[m], device), list(m.parameters(recurse=False)))
-                    for m in order}
+        flops: dict[tuple, tuple[int, int, int]] = {}
+        measured = {}
+        for m in order:
+            key = _signature(m, *shapes[m])
+            if key not in flops:
+                flops[key] = _measure_leaf(m, *shapes[m], device)
+            measured[m] = Leaf(m, *flops[key], list(m.parameters(recurse=False)))
 
         def seq(mod: nn.Module) -> list[Leaf]:
             ids = {id(x) for x in mod.modules()}

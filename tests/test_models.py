@@ -1,0 +1,108 @@
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+from ldtune import models
+from ldtune.errors import UserError
+
+
+def _randomize_bn(net: nn.Module, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_resnet_blocks_equal_unsplit_torchvision(name):
+    torch.manual_seed(0)
+    tv = models.adapt_torchvision_resnet(getattr(torchvision.models, name)(num_classes=7), in_channels=1)
+    _randomize_bn(tv)
+    net = models.resnet_blocks(copy.deepcopy(tv))
+    tv.eval(), net.eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x), tv(x), atol=1e-5, rtol=1e-4)
+    # one stem block, then one block per residual unit (ResNet-18: 8 units; ResNet-50: 16)
+    assert len(net.blocks) == 1 + {"resnet18": 8, "resnet50": 16}[name]
+    assert all(isinstance(b, models.ResidualUnit) for b in net.blocks[1:])
+
+
+def test_vgg_blocks_equal_unsplit_torchvision():
+    torch.manual_seed(0)
+    tv = models.adapt_torchvision_vgg(torchvision.models.vgg11_bn(num_classes=10), in_channels=3, image_size=32)
+    _randomize_bn(tv)
+    net = models.vgg_blocks(copy.deepcopy(tv))
+    tv.eval(), net.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x), tv(x), atol=1e-5, rtol=1e-4)
+    assert len(net.blocks) == 8  # VGG-11: one block per conv+BN+ReLU(+pool)
+
+
+def test_vgg_on_28px_keeps_pools_that_fit():
+    net = models.build("vgg11_bn", in_channels=1, num_classes=10, image_size=28)
+    pools = sum(isinstance(m, nn.MaxPool2d) for m in net.modules())
+    assert pools == 4  # 28 -> 14 -> 7 -> 3 -> 1
+    assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("depth,units", [(20, 9), (56, 27), (110, 54)])
+def test_cifar_resnets(depth, units):
+    net = models.build(f"resnet{depth}", in_channels=1, num_classes=10, width=4)
+    assert len(net.blocks) == 1 + units
+    convs = [m for b in net.blocks[1:] for m in b.branch.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) + 2 == depth  # stem conv + 2 per unit + the fc = 6n+2 weighted layers
+    x = torch.randn(3, 1, 28, 28)
+    manual = x
+    net.eval()
+    with torch.no_grad():
+        for b in net.blocks:
+            manual = b(manual)
+        assert torch.equal(net.head(manual), net(x))
+    assert sum(b.downsample for b in net.blocks[1:]) == 2
+
+
+def test_width_scales_channels():
+    narrow = models.build("resnet20", 1, 10, width=4)
+    full = models.build("resnet20", 1, 10)
+    n_params = lambda m: sum(p.numel() for p in m.parameters())
+    assert n_params(full) > 10 * n_params(narrow)
+    assert narrow.blocks[0][0].out_channels == 4 and full.blocks[0][0].out_channels == 16
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "densenet121", "efficientnet_b0", "resnet34", "vgg16_bn"])
+def test_other_torchvision_nets_build_for_any_channels(name):
+    net = models.build(name, in_channels=1, num_classes=5, image_size=32)
+    net.eval()
+    with torch.no_grad():
+        out = net(torch.randn(2, 1, 32, 32))
+    assert out.shape == (2, 5)
+    assert len(net.blocks) > 4
+
+
+def test_skipped_branch_is_not_computed():
+    net = models.build("resnet20", 1, 10, width=4)
+    unit = net.blocks[2]
+    calls = []
+    unit.branch.register_forward_hook(lambda *a: calls.append(1))
+    x = torch.randn(2, 4, 28, 28)
+    unit.train()
+    unit.run_branch = False
+    out = unit(x)
+    assert calls == [] and torch.equal(out, torch.relu(x))
+    unit.run_branch = True
+    unit(x)
+    assert calls == [1]
+
+
+def test_unknown_model_names_the_field():
+    with pytest.raises(UserError) as e:
+        models.build("resnet21")
+    assert e.value.field == "model"
