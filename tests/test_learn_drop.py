@@ -104,6 +104,49 @@ def test_median_rule_and_select():
     assert select(p, [m_c - 0.01])[0] == 2
 
 
+# ---------------------------------------------------------------- the strategy's wiring, hand-fed
+def _epoch(s, model, epoch, q):
+    """One hand-fed epoch: two steps whose gradients are +1, then -q[b], on every weight of block b,
+    so P_b = 1 - (1 - q_b) / (1 + q_b) (Eq. 2)."""
+    plan = s.epoch_start(epoch)
+    for sign in (1.0, -1.0):
+        for b, blk in enumerate(model.blocks):
+            for p in blk.parameters():
+                p.grad = None if b < plan.frozen else torch.full_like(p, 1.0 if sign > 0 else -q[b])
+        s.after_backward(0)
+    return plan, s.epoch_end(epoch)
+
+
+@pytest.mark.parametrize("standardize_over", ["head", "all"])
+@pytest.mark.parametrize("use_median", [True, False])
+def test_strategy_selects_from_its_scores(tmp_path, standardize_over, use_median):
+    from ldtune.strategies import Context
+    model = models.build("resnet20", 1, 10, width=4)
+    ctx = Context(model=model, epochs=3, steps_per_epoch=2, batch_size=8, lr=0.1, device=torch.device("cpu"),
+                  seed=0, rng=torch.Generator(), cost=None, workdir=tmp_path)
+    s = LearnDrop(warmup_epochs=0, standardize=standardize_over, median_rule=use_median)
+    s.setup(ctx)
+    to_p = lambda q: 2 * q / (1 + q)  # noqa: E731
+    q0 = [0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]
+    plan, rec = _epoch(s, model, 0, q0)
+    assert (plan.frozen, plan.cached) == (0, 0)
+    assert rec["layer_scores"] == pytest.approx([to_p(q) for q in q0], rel=1e-4)  # float32 sums
+    assert rec["drop_selected"] == 3  # blocks 0-2 stopped moving; no drop before: the median rule passes
+    stored = rec["layer_scores_std"][:3]
+    # epoch 1: blocks 3-5 are the next candidates, but less settled than 0-2 were
+    q1 = [0.0, 0.0, 0.0, 0.5, 0.5, 0.5, 0.1, 0.1, 0.1, 0.1]
+    plan, rec = _epoch(s, model, 1, q1)
+    assert (plan.frozen, plan.cached) == (3, 3)
+    p1 = [to_p(q) for q in q0[:3] + q1[3:]]  # dropped blocks keep their scores
+    assert rec["layer_scores"] == pytest.approx(p1, rel=1e-4)
+    assert rec["layer_scores_std"][:3] == stored
+    ps = standardize(p1)[3:] if standardize_over == "all" else standardize(p1[3:])
+    assert rec["layer_scores_std"][3:] == pytest.approx(ps, abs=1e-3)
+    assert candidate_end(ps) == 2  # Eq. 4 proposes blocks 3-5 ...
+    assert np.median(ps[:3]) < np.median(stored)  # ... but M_c < M_d
+    assert rec["drop_selected"] == (3 if use_median else 6)
+
+
 # ---------------------------------------------------------------- real runs
 class _ForcedDrop:
     """Select K blocks at the end of epoch 0 (whatever the scores), and snapshot them at the start
