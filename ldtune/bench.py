@@ -1,0 +1,93 @@
+"""Benchmark: the baseline and some strategies on ONE workload, in ONE process, interleaved.
+
+``bench(workload, [(name, hparams), ...], repeats)`` loads the data once, runs one untimed warm-up
+epoch of the baseline (allocator, thread pool and kernel caches), then ``repeats`` rounds; each
+round runs the baseline and every strategy once, in turn, on seed ``workload.seed + round``, so
+slow drifts of a shared machine hit every strategy alike. Per strategy it reports the median
+train time, ``time_saved = 1 - T / T_base`` against the median baseline time, the counted
+``flops_saved`` (cost table, against a baseline run of the same workload), their ratio
+``efficiency = time_saved / flops_saved`` (did the FLOP saving become time?) and the accuracy
+delta against the median baseline accuracy.
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from typing import Callable
+
+import torch
+
+from . import strategies
+from .data import balanced_subset
+from .train import Workload, fit, load_data
+
+MIN_SAVING = 0.05  # fraction of FLOPs: below this, efficiency is noise over noise and is not reported
+
+
+def trim_test_set(data, n: int | None, seed: int = 0):
+    """Keep a fixed, class-balanced ``n`` of the test images (evaluation is not what bench times)."""
+    if n is not None and hasattr(data, "test_x") and n < data.test_x.shape[0]:
+        keep = balanced_subset(data.test_y.cpu(), n, seed).to(data.test_x.device)
+        data.test_x, data.test_y = data.test_x[keep], data.test_y[keep]
+    return data
+
+
+def bench(w: Workload, runs: list[tuple[str, dict]], repeats: int = 2, data=None, test_subset: int | None = None,
+          warmup: bool = True, progress: Callable[[str, dict], None] | None = None) -> dict:
+    """Run the baseline and each ``(strategy name, hparams)`` ``repeats`` times, interleaved."""
+    w.validate()
+    runs = [("baseline", {})] + [r for r in runs if r[0] != "baseline"]
+    for name, hp in runs:  # every bad name or value fails here, before any training
+        strategies.create(name, **hp)
+    data = trim_test_set(data if data is not None else load_data(w), test_subset, w.seed)
+    if warmup:
+        fit(dataclasses.replace(w, epochs=1), strategies.create("baseline"), data=data)
+    results: dict[int, list] = {i: [] for i in range(len(runs))}
+    for r in range(repeats):
+        wr = dataclasses.replace(w, seed=w.seed + r)
+        for i, (name, hp) in enumerate(runs):
+            res = fit(wr, strategies.create(name, **hp), data=data)
+            results[i].append(res)
+            if progress is not None:
+                progress(name, {"repeat": r, "train_time_s": res.train_time_s, "flops_saved": res.flops_saved,
+                                "test_accuracy": res.test_accuracy, "status": res.status})
+    base = results[0]
+    t_base = statistics.median(x.train_time_s for x in base)
+    acc_base = statistics.median(x.test_accuracy for x in base)
+    rows = []
+    for i, (name, hp) in enumerate(runs):
+        rs = results[i]
+        t = statistics.median(x.train_time_s for x in rs)
+        flops_saved = statistics.median(x.flops_saved for x in rs)
+        time_saved = 1.0 - t / t_base if t_base > 0 else 0.0
+        acc = statistics.median(x.test_accuracy for x in rs)
+        rows.append({
+            "strategy": name, "hparams": strategies.create(name, **hp).hp, "runs": len(rs),
+            "train_time_s": t,  # median over repeats, seconds
+            "train_times_s": [x.train_time_s for x in rs],
+            "flops_saved": flops_saved, "time_saved": time_saved,
+            "efficiency": time_saved / flops_saved if flops_saved >= MIN_SAVING else None,
+            "test_accuracy": acc, "accuracy_delta": acc - acc_base,
+            "status": "ok" if all(x.status == "ok" for x in rs) else ",".join(sorted({x.status for x in rs})),
+        })
+    return {"model": w.model, "dataset": w.dataset, "width": w.width, "subset": w.subset, "epochs": w.epochs,
+            "batch_size": w.batch_size, "seed": w.seed, "repeats": repeats, "test_images": _test_count(data),
+            "device_name": base[0].device_name, "threads": torch.get_num_threads(), "rows": rows}
+
+
+def _test_count(data) -> int | None:
+    return int(data.test_x.shape[0]) if hasattr(data, "test_x") else None
+
+
+def format_table(report: dict) -> str:
+    head = (f"{report['model']} (width {report['width']}) on {report['dataset']} (subset {report['subset']}), "
+            f"{report['epochs']} epochs, {report['repeats']} interleaved repeats, {report['device_name']}")
+    lines = [head, f"{'strategy':<18}{'flops_saved':>12}{'time_saved':>12}{'efficiency':>12}{'accuracy':>10}"
+             f"{'acc_delta':>11}{'time_s':>9}"]
+    for r in report["rows"]:
+        eff = f"{r['efficiency']:.2f}" if r["efficiency"] is not None else "-"
+        lines.append(f"{r['strategy']:<18}{r['flops_saved']:>12.1%}{r['time_saved']:>12.1%}{eff:>12}"
+                     f"{r['test_accuracy']:>10.4f}{r['accuracy_delta']:>+11.4f}{r['train_time_s']:>9.2f}"
+                     + ("" if r["status"] == "ok" else f"  ({r['status']})"))
+    lines.append(f"efficiency = time_saved / flops_saved; '-' where under {MIN_SAVING:.0%} of FLOPs is saved")
+    return "\n".join(lines)

@@ -1,0 +1,83 @@
+"""Depth Dropout: skip whole residual branches at random, per mini-batch; trainable shortcuts.
+
+How to use: ``--strategy depth_dropout --set p=0.5`` on a residual block net (CIFAR ResNets,
+torchvision ResNets). Before training, every residual unit that does not down-sample gets a
+trainable shortcut (1x1 conv + BatchNorm, initialised to pass its input through) in place of
+its identity. At every step each such unit draws once, from the strategy's seeded generator:
+with probability ``p`` its main path is skipped for the whole mini-batch. Evaluation runs every
+unit, unscaled (Sec. III-D: the trainable shortcut has already absorbed the dropping).
+
+Suggested hyperparameters: ``p`` = 0.25 (the paper's most accurate: error 8.1% vs 8.5% on
+CIFAR-10 ResNet-56) or 0.5 (about a third less training time for +1.3% relative error).
+Studies search ``p`` in [0.1, 0.8].
+
+What it skips: a skipped unit's main path is not computed at all, forward or backward
+(``ResidualUnit.run_branch`` off: no conv, no BN, no masking); the cost table counts the
+step without it. Its 1x1 shortcut always runs and costs 1/18 of a two-3x3-conv branch.
+
+Readings chosen:
+* shortcut = 1x1 conv + BN (this project's issue); the paper's Sec. IV-A also puts a
+  non-linearity on it: ``shortcut_relu: true``.
+* units that down-sample never drop (the paper: "improves accuracy by a noticeable margin");
+  ``drop_downsample: true`` lets them drop too (their projection shortcut stays).
+* FLOP saving on CIFAR ResNet-56 (our count vs the paper's analytic 12.3%, 34.6%, 56.7% at
+  p = 0.25, 0.5, 0.75): the paper charges each 1x1 shortcut 1/9 of a whole unit and keeps 3 of
+  27 units; our ResNet-56 has 2 down-sampling units (option B projections), a 1x1 shortcut costs
+  1/18 of a branch (two 3x3 convs), and the stem and head cost a little in both nets. So we count
+  about 16%, 40% and 63% (``tests/test_methods.py`` derives these from the layer shapes).
+
+Paper: J. Guo and S. Gould, "Depth Dropout: Efficient Training of Residual Convolutional Neural
+Networks", DICTA 2016 (../shared/papers/depth-dropout.txt), Eq. 3-4 and Sec. III-C.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..errors import UserError
+from ..models import ResidualUnit
+from .base import HParam, Strategy
+
+
+def trainable_shortcut(channels: int, relu: bool = False) -> nn.Sequential:
+    """1x1 conv + BN (+ ReLU) that starts as the identity up to BatchNorm's normalisation."""
+    conv = nn.Conv2d(channels, channels, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(channels)[:, :, None, None])
+    layers = [conv, nn.BatchNorm2d(channels)] + ([nn.ReLU()] if relu else [])
+    return nn.Sequential(*layers)
+
+
+def _channels(unit: ResidualUnit) -> int:
+    convs = [m for m in unit.branch.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1].out_channels
+
+
+class DepthDropout(Strategy):
+    __doc__ = __doc__
+    name = "depth_dropout"
+    hparams = {
+        "p": HParam(float, 0.5, "probability per unit per mini-batch that its main path is skipped",
+                    low=0.0, high=0.95, search=(0.1, 0.8)),
+        "drop_downsample": HParam(bool, False, "flag: units that down-sample may drop too"),
+        "shortcut_relu": HParam(bool, False, "flag: ReLU after the shortcut's BN (the paper's Sec. IV-A)"),
+    }
+
+    def prepare_model(self, model) -> None:
+        self.units = [b for b in model.blocks if isinstance(b, ResidualUnit)
+                      and (self.hp["drop_downsample"] or not b.downsample)]
+        if not self.units:
+            raise UserError("model", f"depth_dropout needs residual units; {model.arch or 'this net'} has none")
+        for u in self.units:
+            if not u.downsample:  # identity shortcut -> trainable 1x1 conv + BN
+                u.shortcut = trainable_shortcut(_channels(u), self.hp["shortcut_relu"])
+            u.eval_branch_scale = 1.0  # eval: every unit, unscaled
+
+    def step_start(self, epoch: int, step: int, t: float) -> None:
+        keep = torch.rand(len(self.units), generator=self.ctx.rng) >= self.hp["p"]  # one draw per unit
+        for u, k in zip(self.units, keep.tolist()):
+            u.run_branch = k
+
+    def teardown(self) -> None:
+        for u in getattr(self, "units", []):
+            u.run_branch = True

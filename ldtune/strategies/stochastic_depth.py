@@ -1,0 +1,66 @@
+"""Stochastic depth: skip residual branches at random, more often the deeper the unit.
+
+How to use: ``--strategy stochastic_depth --set p=0.5`` on a residual block net. Residual unit
+l of L (counted from 1 at the input) skips its branch with probability ``p * l / L`` (the
+linear decay rule; the last unit drops with probability ``p``), one draw per unit per
+mini-batch, for the whole batch. Shortcuts stay as the net has them (identity; the projection
+of a down-sampling unit). Evaluation runs every branch scaled by its survival probability
+``1 - p * l / L``.
+
+Suggested hyperparameters: ``p`` = 0.5 (Huang et al.'s p_L = 0.5 survival at the last unit);
+studies search ``p`` in [0.1, 0.8].
+
+What it skips: a skipped branch is not computed at all, forward or backward
+(``ResidualUnit.run_branch`` off); the cost table counts the step without it. Expected FLOP
+saving is about ``p/2`` of the residual units' share.
+
+Readings chosen: down-sampling units drop like the others (in Huang et al. every unit can
+drop); ``drop_downsample: false`` keeps them always on.
+
+Paper: G. Huang, Y. Sun, Z. Liu, D. Sedra, K. Weinberger, "Deep Networks with Stochastic Depth",
+ECCV 2016 (cited by LayerDropBack and Depth Dropout; not in ../shared/papers).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import UserError
+from ..models import ResidualUnit
+from .base import HParam, Strategy
+
+
+def linear_decay(p: float, n: int) -> list[float]:
+    """Drop probability of residual unit l = 1..n: p * l / n."""
+    return [p * (i + 1) / n for i in range(n)]
+
+
+class StochasticDepth(Strategy):
+    __doc__ = __doc__
+    name = "stochastic_depth"
+    hparams = {
+        "p": HParam(float, 0.5, "drop probability of the last residual unit per mini-batch (linear in depth)",
+                    low=0.0, high=0.95, search=(0.1, 0.8)),
+        "drop_downsample": HParam(bool, True, "flag: units that down-sample may drop too"),
+    }
+
+    def prepare_model(self, model) -> None:
+        units = [b for b in model.blocks if isinstance(b, ResidualUnit)]
+        if not units:
+            raise UserError("model", f"stochastic_depth needs residual units; {model.arch or 'this net'} has none")
+        drop = linear_decay(self.hp["p"], len(units))
+        self.units, self.drop = [], []
+        for u, d in zip(units, drop):
+            if self.hp["drop_downsample"] or not u.downsample:
+                self.units.append(u)
+                self.drop.append(d)
+                u.eval_branch_scale = 1.0 - d  # eval: branch times its survival probability
+        self._drop = torch.tensor(self.drop)
+
+    def step_start(self, epoch: int, step: int, t: float) -> None:
+        keep = torch.rand(len(self.units), generator=self.ctx.rng) >= self._drop  # one draw per unit
+        for u, k in zip(self.units, keep.tolist()):
+            u.run_branch = k
+
+    def teardown(self) -> None:
+        for u in getattr(self, "units", []):
+            u.run_branch = True
