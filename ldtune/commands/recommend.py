@@ -5,6 +5,7 @@ scores of the recommendations (see :mod:`ldtune.recommend`)."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import yaml
@@ -143,7 +144,7 @@ def _confirm(spec: dict, a) -> int:
     except ImportError:
         raise UserError("--confirm", "this install has no study runner (ldtune.runner)") from None
     out = Path(a.output) if a.output else Path(a.dir).resolve().parent / "confirm"
-    run_study(from_dict(spec), out, address=a.address)
+    run_study(from_dict(spec), out, address=a.address, stream=sys.stderr)  # stdout stays one YAML document
     got = load(out / spec["name"])
     print(f"\n# confirmation study on {spec['workload']['dataset']}: {out / spec['name']}")
     held_all = True
