@@ -219,7 +219,8 @@ def _callback_class():
         def on_trial_recover(self, iteration, trials, trial, **info):
             self.records[trial.trial_id] = {}
             self.outcome.retries += 1
-            self._say(f"{trial.config['trial_id']}: worker lost, retrying ({trial.num_failures} failure(s) so far)")
+            self._say(f"{trial.config['trial_id']}: retry {trial.num_failures} of {self.study.max_failures} "
+                      f"after {_error_text(trial)}")
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             rec = result.get("record")
@@ -297,7 +298,7 @@ def prepare(study: Study, output: str | Path, resume: bool) -> Path:
     if resume and saved.is_file():
         before = yaml.safe_load(saved.read_text()) or {}
         now = study.to_dict()
-        for key in ("workload", "seed", "sampler", "plugins"):
+        for key in ("workload", "test_subset", "seed", "sampler", "plugins"):
             if before.get(key) != now.get(key):
                 raise UserError(key, f"differs from the study being resumed ({saved}); resume with the same spec")
         for name, s in now["strategies"].items():
@@ -348,7 +349,7 @@ def _run(study: Study, study_dir: Path, resume: bool, callbacks: list, stream: T
             name, k = slot
             return {"study": study.name, "trial_id": trial_id(name, k), "strategy": name,
                     "hparams": {**study.plan(name).fixed, **hparams}, "seed": study.trial_seed(k),
-                    "data_seed": study.seed, "workload": w, "threads": max(1, int(cpu)), "plugins": study.plugins}
+                    "data_seed": study.seed, "test_subset": study.test_subset, "workload": w, "threads": max(1, int(cpu)), "plugins": study.plugins}
 
         searcher = _searcher_class()(slots, _optuna_searchers(study, study_dir, [s for s, _ in slots]), make_config)
         cb = _callback_class()(study, study_dir, rows, epoch_rows, total, stream, outcome)
@@ -362,7 +363,11 @@ def _run(study: Study, study_dir: Path, resume: bool, callbacks: list, stream: T
                                       storage_path=str((study_dir / TUNE_DIR).resolve()),
                                       failure_config=tune.FailureConfig(max_failures=study.max_failures),
                                       callbacks=[cb, *callbacks], verbose=0))
-        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # no result files: by design
+        # readable output: our one line per trial says every failure and retry, so Tune's own
+        # tracebacks, INFO notes and the missing-result-files warning (by design) stay quiet
+        logging.getLogger("ray.tune").setLevel(logging.WARNING)
+        logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.CRITICAL)
         tuner.fit()
     df = results.write(study_dir, rows, epoch_rows)
     outcome.trials = df

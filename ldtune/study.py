@@ -72,6 +72,10 @@ class StudySpec(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # the results directory: DIR/<name>/
     seed: int = 0  # data subset seed, and trial k of every strategy trains with seed + k
     workload: WorkloadSpec = Field(default_factory=WorkloadSpec)  # what every trial trains
+    # test images every evaluation uses (a seeded, class-balanced subset of the test set, the same
+    # for every trial); null: the whole test set. Evaluation runs after every epoch and is not
+    # training time, but it is trial time: a small study is faster with fewer test images
+    test_subset: int | None = Field(None, ge=1)
     baseline: BaselineSpec = Field(default_factory=BaselineSpec)
     strategies: dict[str, StrategySpec] = Field(default_factory=dict)  # name (or `all`) -> budget, space
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"  # Optuna sampler: multivariate TPE, NSGA-II, random
@@ -114,6 +118,7 @@ class Study:
     name: str
     seed: int
     workload: Workload  # seed = the study's seed (data subset); trials override it
+    test_subset: int | None  # test images per evaluation; None: all
     plans: list[StrategyPlan]  # baseline first
     sampler: str
     max_concurrent: int
@@ -138,7 +143,7 @@ class Study:
         w = dataclasses.asdict(self.workload)
         w.pop("seed")
         return {
-            "name": self.name, "seed": self.seed, "workload": w,
+            "name": self.name, "seed": self.seed, "workload": w, "test_subset": self.test_subset,
             "baseline": {"repeats": self.plan("baseline").trials},
             "strategies": {p.name: {"trials": p.trials,
                                     "search": {**{k: d.to_yaml() for k, d in p.space.items()}, **p.fixed}}
@@ -178,6 +183,8 @@ def from_dict(raw: dict) -> Study:
         except ImportError as e:
             raise UserError("plugins", f"cannot import {module!r}: {e}") from None
     workload = _workload(spec)
+    if spec.test_subset is not None and (workload.dataset == "imagenette" or workload.dataset.startswith("imagefolder:")):
+        raise UserError("test_subset", f"only for datasets held as tensors, not the streamed {workload.dataset}")
     plans = [StrategyPlan("baseline", spec.baseline.repeats)]
     named = dict(spec.strategies)
     if "baseline" in named:
@@ -199,7 +206,8 @@ def from_dict(raw: dict) -> Study:
     if spec.resources.gpu is not None and 0 < spec.resources.gpu < 1:
         warnings.warn(f"resources.gpu = {spec.resources.gpu}: trials share a GPU, which distorts their timings "
                       "(time_saved, speedup)", stacklevel=2)
-    return Study(name=spec.name, seed=spec.seed, workload=workload, plans=plans, sampler=spec.sampler,
+    return Study(name=spec.name, seed=spec.seed, workload=workload, test_subset=spec.test_subset, plans=plans,
+                 sampler=spec.sampler,
                  max_concurrent=spec.max_concurrent, max_failures=spec.max_failures, cpu=spec.resources.cpu,
                  gpu=spec.resources.gpu, plugins=list(spec.plugins))
 

@@ -3,7 +3,7 @@
 It reads only its config (built by ``ldtune.runner``)::
 
     study, trial_id, strategy, hparams, seed (the trial's), data_seed (the study's: one data
-    subset for every trial), workload (Workload fields but seed), threads, plugins
+    subset for every trial), test_subset, workload (Workload fields but seed), threads, plugins
 
 and reports once per epoch with ``tune.report``. A report carries the epoch record under
 ``record`` and the trial's running totals; it is sent when the next epoch ends (or the run
@@ -35,13 +35,17 @@ def _plain(v):
     return v
 
 
-def _data(w, data_seed: int):
-    from .train import load_data
+def _data(w, data_seed: int, test_subset: int | None):
+    """The study's data (training and test subsets seeded by the study, not the trial), loaded once
+    per worker process."""
     import dataclasses
-    key = (w.dataset, w.subset, data_seed, w.resolved_device(), w.data_root, w.image_size)
+
+    from .bench import trim_test_set
+    from .train import load_data
+    key = (w.dataset, w.subset, data_seed, w.resolved_device(), w.data_root, w.image_size, test_subset)
     if key not in _DATA:
         _DATA.clear()  # keep one: device memory is precious
-        _DATA[key] = load_data(dataclasses.replace(w, seed=data_seed))
+        _DATA[key] = trim_test_set(load_data(dataclasses.replace(w, seed=data_seed)), test_subset, data_seed)
     return _DATA[key]
 
 
@@ -73,7 +77,7 @@ def trainable(config: dict) -> None:
             importlib.import_module(module)
         w = Workload(**config["workload"], seed=config["seed"])
         strategy = strategies.create(config["strategy"], **config["hparams"])
-        r = fit(w, strategy, callback=on_epoch, data=_data(w, config["data_seed"]))
+        r = fit(w, strategy, callback=on_epoch, data=_data(w, config["data_seed"], config.get("test_subset")))
         outcome = {"status": r.status, "error": r.error, "test_accuracy": r.test_accuracy,
                    "train_time_s": r.train_time_s, "eval_time_s": r.eval_time_s, "train_flops": r.train_flops,
                    "baseline_flops": r.baseline_flops, "flops_saved": r.flops_saved, "device_name": r.device_name}

@@ -1,0 +1,174 @@
+"""Study specs: the shipped studies validate; default search spaces come from the strategies'
+HParam.search; bad specs exit 2 naming the field, and nothing is written. No Ray here."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from ldtune import cli, results, runner, strategies, study as study_mod
+from ldtune.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+STUDIES = sorted((REPO / "studies").glob("*.yaml"))
+GOOD = {"name": "t", "workload": {"model": "resnet20", "width": 4, "dataset": "digits", "subset": 256, "epochs": 3},
+        "strategies": {"all": {"trials": 2}}}
+
+
+def test_shipped_studies_validate(capsys):
+    assert len(STUDIES) >= 6
+    names = set()
+    for path in STUDIES:
+        s = study_mod.load(path)
+        names.add(s.name)
+        assert s.plans[0].name == "baseline" and s.plans[0].trials >= 1
+        assert cli.main(["validate", str(path)]) == 0
+    assert len(names) == len(STUDIES)  # every study writes to its own directory
+    out = capsys.readouterr().out
+    assert "quickstart.yaml: ok" in out
+
+
+def test_quickstart_runs_every_registered_strategy_on_cpu():
+    s = study_mod.load(REPO / "studies" / "quickstart.yaml")
+    assert {p.name for p in s.plans} == set(strategies.REGISTRY)
+    assert s.workload.device == "cpu" and s.workload.dataset == "fashion_mnist" and s.workload.subset
+    assert s.gpu == 0 and s.cpu is None  # every core per trial: one trial at a time
+
+
+def test_default_search_spaces_come_from_hparam_search():
+    s = study_mod.from_dict(GOOD)
+    for plan in s.plans[1:]:
+        cls = strategies.REGISTRY[plan.name]
+        searched = {k for k, hp in cls.hparams.items() if hp.search is not None}
+        assert set(plan.space) | set(plan.fixed) == searched, plan.name
+        for key, dim in plan.space.items():
+            hp = cls.hparams[key]
+            if dim.kind == "categorical":
+                assert set(dim.choices) == set(hp.search)
+            else:
+                lo, hi = hp.search
+                assert lo <= dim.low <= dim.high <= hi
+                # an epoch count is searched below the study's epochs (a larger one never acts)
+                if hp.unit.startswith("epochs") and hp.kind is int:
+                    assert dim.high <= 2
+                else:
+                    assert (dim.low, dim.high) == (lo, hi)
+
+
+def test_spec_search_overrides_range_choices_and_fixed_values():
+    spec = {**GOOD, "strategies": {"freezeout": {"trials": 4, "search": {"t0": [0.5, 0.7], "schedule": ["cubic"],
+                                                                         "scale_lr": False}}}}
+    plan = study_mod.from_dict(spec).plan("freezeout")
+    assert plan.trials == 4 and (plan.space["t0"].low, plan.space["t0"].high) == (0.5, 0.7)
+    assert plan.fixed == {"schedule": "cubic", "scale_lr": False}  # one choice is a held value
+    assert set(study_mod.from_dict(spec).to_dict()["strategies"]) == {"freezeout"}
+
+
+def test_optuna_distributions_match_the_space():
+    import optuna
+    plan = study_mod.from_dict(GOOD).plan("layerdropback")
+    dists = {k: d.to_optuna() for k, d in plan.space.items()}
+    assert isinstance(dists["p"], optuna.distributions.FloatDistribution)
+    assert isinstance(dists["kappa"], optuna.distributions.FloatDistribution)
+    assert all(isinstance(d, optuna.distributions.IntDistribution) for k, d in dists.items() if k == "s")
+
+
+BAD = [
+    ({"workload": {"epochs": 0}}, "workload.epochs"),
+    ({"workload": {"epochs": "three"}}, "workload.epochs"),
+    ({"workload": {"model": "resnet9000"}}, "workload.model"),
+    ({"workload": {"dataset": "imagenet22k"}}, "workload.dataset"),
+    ({"workload": {"seed": 3}}, "workload.seed"),
+    ({"workload": {"lr": -0.1}}, "workload.lr"),
+    ({"colour": "blue"}, "colour"),
+    ({"name": "../escape"}, "name"),
+    ({"strategies": {"dropconnect": {"trials": 2}}}, "strategies.dropconnect"),
+    ({"strategies": {"freezeout": {"trials": 0}}}, "strategies.freezeout.trials"),
+    ({"strategies": {"freezeout": {"budget": 3}}}, "strategies.freezeout.budget"),
+    ({"strategies": {"freezeout": {"search": {"t0": [0.05, 0.9]}}}}, "strategies.freezeout.search.t0"),
+    ({"strategies": {"freezeout": {"search": {"t0": [0.9, 0.5]}}}}, "strategies.freezeout.search.t0"),
+    ({"strategies": {"freezeout": {"search": {"t0": [0.3, 0.5, 0.9]}}}}, "strategies.freezeout.search.t0"),
+    ({"strategies": {"freezeout": {"search": {"schedule": ["linear", "quartic"]}}}},
+     "strategies.freezeout.search.schedule"),
+    ({"strategies": {"freezeout": {"search": {"warmup_epochs": [1, 2]}}}}, "strategies.freezeout.search.warmup_epochs"),
+    ({"strategies": {"layerdropback": {"search": {"s": [1.5, 4]}}}}, "strategies.layerdropback.search.s"),
+    ({"strategies": {"baseline": {"trials": 2}}}, "strategies.baseline"),
+    ({"strategies": {"all": {"search": {"p": [0.1, 0.2]}}}}, "strategies.all.search"),
+    ({"baseline": {"repeats": 0}}, "baseline.repeats"),
+    ({"sampler": "cmaes"}, "sampler"),
+    ({"resources": {"gpu": 1}}, "resources.gpu"),  # the workload runs on cpu
+    ({"resources": {"cpu": 0}}, "resources.cpu"),
+    ({"resources": {"tpu": 1}}, "resources.tpu"),
+    ({"max_concurrent": 0}, "max_concurrent"),
+    ({"test_subset": 0}, "test_subset"),
+    ({"plugins": ["no_such_module_here"]}, "plugins"),
+]
+
+
+def _merge(base: dict, change: dict) -> dict:
+    out = dict(base)
+    for k, v in change.items():
+        out[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+@pytest.mark.parametrize("change,field", BAD, ids=[f for _, f in BAD])
+def test_bad_spec_exits_2_naming_the_field_and_writes_nothing(tmp_path, capsys, change, field):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(yaml.safe_dump(_merge(GOOD, change)))
+    out = tmp_path / "results"
+    assert cli.main(["validate", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ldtune: error: {field}:") and err.count("\n") == 1, err
+    assert cli.main(["run", str(spec), "--output", str(out)]) == 2
+    assert capsys.readouterr().err == err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text,why", [("name: [unclosed", "not valid YAML"), ("- a\n- list\n", "YAML mapping")])
+def test_bad_spec_file_is_named(tmp_path, capsys, text, why):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(text)
+    assert cli.main(["validate", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ldtune: error: {spec}:") and why in err
+    assert cli.main(["validate", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml: no such file" in capsys.readouterr().err
+
+
+def test_slots_put_the_baseline_first_then_strategies_round_robin():
+    s = study_mod.from_dict({**GOOD, "baseline": {"repeats": 2},
+                             "strategies": {"freezeout": {"trials": 2}, "depth_dropout": {"trials": 1}}})
+    slots = runner.slots_to_run(s, set())
+    assert slots == [("baseline", 0), ("baseline", 1), ("freezeout", 0), ("depth_dropout", 0), ("freezeout", 1)]
+    assert runner.slots_to_run(s, {"baseline-000", "freezeout-001"}) == [("baseline", 1), ("freezeout", 0),
+                                                                       ("depth_dropout", 0)]
+
+
+def test_derived_columns_use_the_median_baseline_of_the_same_device():
+    rows = [
+        {"trial_id": "b0", "strategy": "baseline", "status": "ok", "train_time_s": 10.0, "test_accuracy": 0.80, "device_name": "A"},
+        {"trial_id": "b1", "strategy": "baseline", "status": "ok", "train_time_s": 12.0, "test_accuracy": 0.90, "device_name": "A"},
+        {"trial_id": "b2", "strategy": "baseline", "status": "ok", "train_time_s": 30.0, "test_accuracy": 0.85, "device_name": "A"},
+        {"trial_id": "b3", "strategy": "baseline", "status": "error", "train_time_s": 1.0, "test_accuracy": 0.1, "device_name": "A"},
+        {"trial_id": "x0", "strategy": "freezeout", "status": "ok", "train_time_s": 6.0, "test_accuracy": 0.88, "device_name": "A"},
+        {"trial_id": "x1", "strategy": "freezeout", "status": "ok", "train_time_s": 2.0, "test_accuracy": 0.88, "device_name": "B"},
+    ]
+    df = results.derive(pd.DataFrame(rows)).set_index("trial_id")
+    assert df.loc["x0", "time_saved"] == pytest.approx(0.5)  # median baseline on A: 12 s, 0.85
+    assert df.loc["x0", "speedup"] == pytest.approx(2.0)
+    assert df.loc["x0", "accuracy_delta"] == pytest.approx(0.03)
+    assert pd.isna(df.loc["x1", "time_saved"])  # no baseline on device B: no reference
+    table = results.trials_table([{**r, "study": "s"} for r in rows])
+    assert table.column_names[:17] == list(results.TRIAL_COLUMNS)
+
+
+def test_study_name_is_the_directory_and_to_dict_round_trips(tmp_path):
+    s = study_mod.from_dict(GOOD)
+    again = study_mod.from_dict(s.to_dict())
+    assert again.to_dict() == s.to_dict()
+    with pytest.raises(UserError) as e:
+        study_mod.from_dict({**GOOD, "name": ""})
+    assert e.value.field == "name"
