@@ -173,8 +173,8 @@ def _evaluate(trials, a) -> int:
                           "summary": summary.to_dict("records")}, indent=1, default=lambda v: v.item()))
         return 0
     print(f"leave-one-dataset-out, accuracy drop limit {a.max_accuracy_drop:g} pp: the recommendation from the other"
-          " datasets, scored on the held-out study (kernel-smoothed), against the best time saved that study found"
-          " within the limit (0 if none: the baseline)")
+          " datasets, scored on the held-out study (kernel-smoothed), against the most time saved by that study's own"
+          " configs within the limit (smoothed alike; 0 if none: the baseline)")
     heads = ["model", "held out", "strategy", "recommended", "acc delta", "time saved", "best in limit", "regret", "held"]
     rows = [[r.model, r.held_out, r.strategy, r.config, _pp(r.accuracy_delta), _pct(r.time_saved),
              _pct(r.best_time_saved), f"{100 * r.regret:+.1f} pp", "yes" if r.held else "NO"] for r in ev.itertuples()]
