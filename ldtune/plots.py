@@ -3,9 +3,10 @@
 ``plot(DIR, out)`` writes ``out``: one row of three panels per (model, dataset):
 
 1. test accuracy vs time saved, one colour per strategy, every ``ok`` trial as a dot, each
-   strategy's Pareto front as a step line, the global front as a black dashed step, and the
-   baseline spread (min to max accuracy of the baseline trials) as a grey band; the axis stops
-   ``ZOOM_PP`` points below the worst baseline, and a note counts the trials below it;
+   strategy's Pareto front as a step line, the global front as a black dashed step with its
+   points ringed, and the baseline spread (min to max accuracy of the baseline trials) as a grey
+   band; the axis stops ``ZOOM_PP`` points below the worst baseline, and a note counts the
+   trials below it;
 2. training time per epoch (mean and standard deviation over the strategy's trials);
 3. active (trained) blocks per epoch, likewise.
 
@@ -40,11 +41,14 @@ def palette(strategies) -> dict:
     return dict(zip(names, sns.color_palette("tab10", max(len(names), 1))))
 
 
-def _front_steps(ax, part: pd.DataFrame, **kw) -> None:
+def _front_steps(ax, part: pd.DataFrame, rings: bool = False, **kw) -> None:
     f = part[nondominated(part["test_accuracy"], part["time_saved"])].sort_values("time_saved")
     if len(f):
         # the best accuracy reachable while saving at least x is the next front point's: steps 'pre'
         ax.step(100 * f["time_saved"], 100 * f["test_accuracy"], where="pre", **kw)
+        if rings:  # a front of one point draws no step: ring the points
+            ax.scatter(100 * f["time_saved"], 100 * f["test_accuracy"], s=90, facecolors="none",
+                       edgecolors=kw.get("color", "black"), linewidths=1.0, zorder=3)
 
 
 def _tradeoff_panel(ax, g: pd.DataFrame, colors: dict) -> None:
@@ -57,7 +61,7 @@ def _tradeoff_panel(ax, g: pd.DataFrame, colors: dict) -> None:
                     hue="strategy", palette=colors, ax=ax, s=30, edgecolor="white", linewidth=0.4)
     for name, part in g.groupby("strategy"):
         _front_steps(ax, part, color=colors[name], lw=1.4)
-    _front_steps(ax, g, color="black", lw=1.0, ls="--", label="global front")
+    _front_steps(ax, g, rings=True, color="black", lw=1.0, ls="--", label="global front (ringed)")
     if len(base):  # zoom on the useful range: trials far below the baseline are counted, not drawn
         floor = lo - ZOOM_PP
         below = int((100 * g["test_accuracy"] < floor).sum())
