@@ -366,6 +366,7 @@ def _run(study: Study, study_dir: Path, resume: bool, callbacks: list, stream: T
         # readable output: our one line per trial says every failure and retry, so Tune's own
         # tracebacks, INFO notes and the missing-result-files warning (by design) stay quiet
         logging.getLogger("ray.tune").setLevel(logging.WARNING)
+        logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)  # its Ctrl-C advice is Tuner.restore; ours is --resume
         logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
         logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.CRITICAL)
         tuner.fit()
@@ -375,9 +376,12 @@ def _run(study: Study, study_dir: Path, resume: bool, callbacks: list, stream: T
     outcome.interrupted = any(trial_id(*s) not in done for s in slots)
     outcome.wall_s = time.perf_counter() - start
     own = sum(v for v in outcome.trial_time_s.values() if v)
-    if outcome.trial_time_s:
+    if outcome.interrupted:
+        print(f"stopped: {len(done)} of {len(done) + len([s for s in slots if trial_id(*s) not in done])} trials "
+              f"finished and saved", file=stream, flush=True)
+    elif own:
         print(f"done: {len(outcome.trial_time_s)} trials in {outcome.wall_s:.1f}s wall; the trials themselves ran "
-              f"{own:.1f}s (platform overhead {outcome.wall_s / own - 1:+.1%})" if own else "", file=stream, flush=True)
+              f"{own:.1f}s (platform overhead {outcome.wall_s / own - 1:+.1%})", file=stream, flush=True)
     return outcome
 
 
