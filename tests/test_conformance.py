@@ -1,0 +1,190 @@
+"""One conformance suite over every registered strategy (and every one added later).
+
+Per strategy: a narrow ResNet-20 trains on a real Fashion-MNIST subset for two epochs on the CPU
+with finite loss; the whole net evaluates afterwards; what the strategy skipped (a frozen or
+cached prefix, branches switched off, weights without gradients) shows in the cost accounting,
+and the accounting equals the FLOPs that FlopCounterMode sees the real steps run (a masked skip,
+computed then zeroed, would count more); seeded runs repeat exactly; a bad hyperparameter given
+to ``ldtune train --set`` exits 2 naming the field.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ldtune import cli
+from ldtune.bench import trim_test_set
+from ldtune.data import load
+from ldtune.models import ResidualUnit
+from ldtune.strategies import REGISTRY, Strategy, create
+from ldtune.train import Workload, evaluate, fit
+
+NAMES = sorted(REGISTRY)
+WORKLOAD = dict(model="resnet20", width=4, dataset="fashion_mnist", subset=384, epochs=2, batch_size=64, seed=3)
+# settings that let a 2-epoch run reach the phase where a strategy skips work; used only where the
+# strategy has that hyperparameter
+MEASURE_EVERY = 3  # steps: FlopCounterMode watches steps 1, 4, 7, ... of each epoch
+SHORT_RUN = {"layerdropback": {"s": 1}, "learn_drop": {"warmup_epochs": 1}, "freezing": {"warmup_epochs": 1}}
+
+
+def short_run_hparams(name: str) -> dict:
+    return {k: v for k, v in SHORT_RUN.get(name, {}).items() if k in REGISTRY[name].hparams}
+
+
+@pytest.fixture(scope="module")
+def data():
+    # one intra-op thread: on a busy 2-core machine two threads spin against each other (10x slower)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield trim_test_set(load("fashion_mnist", subset=WORKLOAD["subset"], seed=WORKLOAD["seed"]), 500)
+    torch.set_num_threads(threads)
+
+
+class Observed(Strategy):
+    """Runs the strategy under test unchanged (every hook delegated) and watches each step: what it
+    skipped, what the cost table counts for it, and what FlopCounterMode sees the step really run
+    (on every ``MEASURE_EVERY``-th step the counter is entered at ``step_start`` and left at
+    ``after_backward``: forward + backward; counting every step would make the runs ten times slower)."""
+
+    def __init__(self, inner: Strategy):  # no validation of its own: the inner strategy has done it
+        self.inner, self.name, self.hp = inner, inner.name, inner.hp
+        self.steps: list[dict] = []  # per step: epoch, skipped, counted, full, measured
+        self.epoch_flops: list[int] = []
+        self.cached = 0
+
+    def prepare_model(self, model):
+        self.inner.prepare_model(model)
+
+    def setup(self, ctx):
+        self.ctx = ctx
+        self.inner.setup(ctx)
+
+    def epoch_start(self, epoch):
+        self.plan = self.inner.epoch_start(epoch)
+        flops = 0
+        if self.plan.cached > self.cached:  # the loop builds/advances its cache over the training set
+            flops = self.ctx.cost.forward(self.cached, self.plan.cached) * self.ctx.extra["data"].num_train
+            self.cached = self.plan.cached
+        self.epoch_flops.append(flops)
+        return self.plan
+
+    def step_start(self, epoch, step, t):
+        self.inner.step_start(epoch, step, t)
+        self.epoch = epoch
+        self.counter = FlopCounterMode(display=False) if step % MEASURE_EVERY == 1 else None
+        if self.counter is not None:
+            self.counter.__enter__()
+
+    def lr_factors(self, t, sched):
+        return self.inner.lr_factors(t, sched)
+
+    def after_backward(self, step):
+        if self.counter is not None:
+            self.counter.__exit__(None, None, None)
+        model, cost, plan = self.ctx.model, self.ctx.cost, self.plan
+        bs = plan.batch_size or self.ctx.batch_size
+        live = model.blocks[plan.frozen:]
+        skipped = (plan.frozen > 0 or plan.cached > 0
+                   or any(isinstance(b, ResidualUnit) and not b.run_branch for b in live)
+                   or any(not p.requires_grad for b in live for p in b.parameters())
+                   or any(not p.requires_grad for p in model.head.parameters()))
+        counted = cost.step(plan.cached, plan.frozen) * bs
+        self.steps.append({"epoch": self.epoch, "skipped": skipped, "counted": counted,
+                           "full": cost.full_step() * bs,
+                           "measured": self.counter.get_total_flops() if self.counter is not None else None})
+        self.epoch_flops[-1] += counted
+        self.inner.after_backward(step)
+
+    def epoch_end(self, epoch):
+        return self.inner.epoch_end(epoch)
+
+    def teardown(self):
+        self.inner.teardown()
+
+
+def _run(name, data, observe=False):
+    s = create(name, **short_run_hparams(name))
+    s = Observed(s) if observe else s
+    res = fit(Workload(**WORKLOAD), s, data=data)
+    return s, res
+
+
+@pytest.fixture(scope="module")
+def observed_runs(data):
+    return {}
+
+
+@pytest.fixture
+def observed(name, data, observed_runs):
+    if name not in observed_runs:
+        observed_runs[name] = _run(name, data, observe=True)
+    return observed_runs[name]
+
+
+@pytest.mark.parametrize("name", NAMES)
+class TestConformance:
+    def test_trains_with_finite_loss(self, name, observed):
+        _, res = observed
+        assert res.status == "ok", res.error
+        assert len(res.epochs) == WORKLOAD["epochs"]
+        assert all(math.isfinite(r["train_loss"]) for r in res.epochs)
+        assert 0.0 <= res.test_accuracy <= 1.0
+
+    def test_whole_net_evaluates(self, name, observed, data):
+        s, res = observed
+        model = s.ctx.model
+        ran = set()
+        parts = {f"block{i}": b for i, b in enumerate(model.blocks)} | {"head": model.head}
+        parts |= {f"branch{i}": b.branch for i, b in enumerate(model.blocks) if isinstance(b, ResidualUnit)}
+        hooks = [m.register_forward_hook(lambda m, i, o, k=k: ran.add(k)) for k, m in parts.items()]
+        try:
+            acc = evaluate(model, data)
+        finally:
+            for h in hooks:
+                h.remove()
+        assert ran == set(parts)  # every block, every residual branch and the head ran
+        assert acc == res.test_accuracy  # the net the loop evaluated last is the one left behind
+
+    def test_skips_show_in_cost_accounting(self, name, observed):
+        s, res = observed
+        assert s.steps and sum(st["measured"] is not None for st in s.steps) >= WORKLOAD["epochs"]
+        for st in s.steps:
+            assert st["measured"] in (None, st["counted"]), st  # the accounting is what really ran
+            if st["skipped"]:
+                assert st["counted"] < st["full"], st  # a skip saves real FLOPs
+            else:
+                assert st["counted"] == st["full"], st
+        assert [r["epoch_flops"] for r in res.epochs] == s.epoch_flops  # the loop counts the same
+        assert res.train_flops == sum(s.epoch_flops)
+        if name == "baseline":
+            assert res.flops_saved == 0.0 and not any(st["skipped"] for st in s.steps)
+
+    def test_seeded_runs_repeat_exactly(self, name, observed, data):
+        _, first = observed
+        _, again = _run(name, data)
+        keys = ("train_loss", "test_accuracy", "epoch_flops", "active_blocks", "trainable_params")
+        assert [[r[k] for k in keys] for r in again.epochs] == [[r[k] for k in keys] for r in first.epochs]
+        assert again.train_flops == first.train_flops
+
+    def test_invalid_hyperparameters_exit_2_naming_the_field(self, name, capsys):
+        cases = [("no_such_hparam", "1")]
+        for key, spec in REGISTRY[name].hparams.items():
+            if spec.kind is bool:
+                cases.append((key, "maybe"))
+            elif spec.choices is not None:
+                cases.append((key, "no_such_choice"))
+            elif spec.kind in (int, float):
+                cases.append((key, "abc"))
+                cases += [(key, str(spec.low - 1))] if spec.low is not None else []
+                cases += [(key, str(spec.high + 1))] if spec.high is not None else []
+        for key, value in cases:
+            rc = cli.main(["train", "--strategy", name, "--subset", "64", "--epochs", "1", "--width", "4",
+                           "--set", f"{key}={value}", "--json"])
+            out, err = capsys.readouterr()
+            assert rc == 2, (key, value)
+            assert out == "", (key, value)  # nothing trained, nothing reported
+            assert err.startswith(f"ldtune: error: {name}.{key}:"), (key, value, err)
+            assert len(err.strip().splitlines()) == 1
