@@ -142,7 +142,8 @@ def test_cli_confirm_runs_a_short_study_on_the_new_dataset(results, tmp_path, ca
     # the workload of a source study (its study.yaml), made tiny; the new dataset is digits, so
     # digits' own study is left out of the recommendation
     (results / "transfer_fashion_mnist" / "study.yaml").write_text(yaml.safe_dump({"workload": {
-        "model": "resnet20", "width": 4, "dataset": "fashion_mnist", "subset": 256, "epochs": 10, "batch_size": 64}}))
+        "model": "resnet20", "width": 4, "dataset": "fashion_mnist", "subset": 256, "epochs": 10, "batch_size": 64},
+        "test_subset": 200}))
     out_dir = tmp_path / "confirm"
     code = cli(["recommend", str(results), "--model", "resnet20", "--dataset", "digits", "--strategy", "freezing",
                 "--epochs", "2", "--repeats", "1", "--confirm", "--output", str(out_dir)])
@@ -157,6 +158,7 @@ def test_cli_confirm_runs_a_short_study_on_the_new_dataset(results, tmp_path, ca
     assert f"# freezing          {'held' if held else 'did NOT hold'}" in out
     assert yaml.safe_load(out)["workload"] == {"model": "resnet20", "width": 4, "dataset": "digits", "subset": 256,
                                                "epochs": 2, "batch_size": 64}
+    assert yaml.safe_load(out)["test_subset"] == 200
 
 
 @pytest.mark.parametrize("argv, message", [

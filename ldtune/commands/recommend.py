@@ -45,26 +45,31 @@ def _pp(v: float) -> str:
     return f"{100 * v:+.2f} pp"
 
 
-def source_workload(directory, model: str) -> dict:
-    """The workload of the first study of ``model`` under ``directory`` that saved its ``study.yaml``."""
+def source_spec(directory, model: str) -> dict:
+    """``workload`` and ``test_subset`` of the first study of ``model`` under ``directory`` that saved
+    its ``study.yaml`` (the runner does); ``{"workload": {"model": model}}`` if none did."""
     root = Path(directory)
-    for spec in sorted([root / "study.yaml", *root.glob("*/study.yaml")]):
-        if spec.is_file():
+    for path in sorted([root / "study.yaml", *root.glob("*/study.yaml")]):
+        if path.is_file():
             try:
-                w = (yaml.safe_load(spec.read_text()) or {}).get("workload") or {}
+                spec = yaml.safe_load(path.read_text()) or {}
             except yaml.YAMLError:
                 continue
+            w = spec.get("workload") or {}
             if w.get("model") == model:
-                return dict(w)
-    return {"model": model}
+                return {"workload": dict(w), "test_subset": spec.get("test_subset")}
+    return {"workload": {"model": model}}
 
 
-def build_spec(recs, model: str, dataset: str, epochs: int, workload: dict, trials: int, repeats: int = 3) -> dict:
+def build_spec(recs, model: str, dataset: str, epochs: int, source: dict, trials: int, repeats: int = 3) -> dict:
     """A study spec holding each useful recommendation at its values (in epochs of this run)."""
-    w = {**workload, "model": model, "dataset": dataset, "epochs": epochs}
+    w = {**source["workload"], "model": model, "dataset": dataset, "epochs": epochs}
     strategies = {r.strategy: {"trials": trials, "search": r.hparams(epochs)} for r in recs if r.useful}
-    return {"name": f"recommend_{model}_{dataset}".replace(":", "_").replace("/", "_"), "workload": w,
-            "baseline": {"repeats": repeats}, "strategies": strategies}
+    spec = {"name": f"recommend_{model}_{dataset}".replace(":", "_").replace("/", "_"), "workload": w}
+    streamed = dataset == "imagenette" or dataset.startswith("imagefolder:")  # no test_subset for these
+    if source.get("test_subset") is not None and not streamed:
+        spec["test_subset"] = source["test_subset"]
+    return {**spec, "baseline": {"repeats": repeats}, "strategies": strategies}
 
 
 def _check_spec(spec: dict) -> None:
@@ -121,10 +126,10 @@ def main(a) -> int:
         recs = [r for r in recs if r.strategy in a.strategy]
     used = trials[(trials["model"] == a.model) & (trials["dataset"] != a.dataset)]
     datasets = sorted(used["dataset"].unique())
-    workload = source_workload(a.dir, a.model)
-    epochs = a.epochs or int(workload.get("epochs") or used["epochs"].median())
-    dataset = a.dataset or workload.get("dataset") or datasets[0]
-    spec = build_spec(recs, a.model, dataset, epochs, workload, a.trials, a.repeats)
+    source = source_spec(a.dir, a.model)
+    epochs = a.epochs or int(source["workload"].get("epochs") or used["epochs"].median())
+    dataset = a.dataset or source["workload"].get("dataset") or datasets[0]
+    spec = build_spec(recs, a.model, dataset, epochs, source, a.trials, a.repeats)
     _check_spec(spec)
     if a.confirm and not spec["strategies"]:
         raise UserError("--confirm", "no recommendation held the accuracy-drop limit: nothing to confirm")
