@@ -122,7 +122,7 @@ def pareto(df: pd.DataFrame, by=("model", "dataset"), *, model: str | None = Non
     keys = [k for k in by if k in df.columns]
     out = []
     for _, g in (df.groupby(keys, sort=True, dropna=False) if keys else [((), df)]):
-        for name, part in [("all", g)] + sorted(g.groupby("strategy", sort=True), key=lambda kv: kv[0]):
+        for name, part in [("all", g), *g.groupby("strategy", sort=True)]:
             front = part[nondominated(part["test_accuracy"], part["time_saved"])]
             out.append(front.assign(front=name))
     if not out:
