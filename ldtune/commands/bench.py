@@ -24,6 +24,8 @@ def configure(p) -> None:
     p.add_argument("--repeats", type=int, default=2, help="interleaved rounds (each runs every strategy once)")
     p.add_argument("--test-subset", type=int, default=2000,
                    help="test images used for accuracy (class-balanced; 0: the whole test set)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="intra-op CPU threads (0: every core, or LDTUNE_THREADS); 1 times steadiest on a busy machine")
     p.add_argument("--json", action="store_true", help="end with one JSON object on stdout")
 
 
@@ -60,7 +62,12 @@ def main(a) -> int:
         raise UserError("test_subset", f"must be >= 0, got {a.test_subset}")
     w = workload_from_args(a)
     runs = parse_runs(a.strategies, a.set)
+    if a.threads < 0:
+        raise UserError("threads", f"must be >= 0, got {a.threads}")
     set_threads()
+    if a.threads:
+        import torch
+        torch.set_num_threads(a.threads)
 
     def progress(name, info):
         print(f"round {info['repeat'] + 1}/{a.repeats}  {name:<18} time {info['train_time_s']:.2f}s  "

@@ -24,7 +24,9 @@ Readings chosen:
   p = 0.25, 0.5, 0.75): the paper charges each 1x1 shortcut 1/9 of a whole unit and keeps 3 of
   27 units; our ResNet-56 has 2 down-sampling units (option B projections), a 1x1 shortcut costs
   1/18 of a branch (two 3x3 convs), and the stem and head cost a little in both nets. So we count
-  about 16%, 40% and 63% (``tests/test_methods.py`` derives these from the layer shapes).
+  18.3%, 41.7% and 65.2% of the plain ResNet-56's training FLOPs, i.e. (25 p - 25/18) / 27 of 27
+  equal units (``tests/test_methods.py`` checks both the paper's arithmetic and ours). Counted
+  FLOPs omit BN, ReLU and adds, which the skipped branches also save and the shortcut's BN adds.
 
 Paper: J. Guo and S. Gould, "Depth Dropout: Efficient Training of Residual Convolutional Neural
 Networks", DICTA 2016 (../shared/papers/depth-dropout.txt), Eq. 3-4 and Sec. III-C.
