@@ -64,6 +64,7 @@ def connect(address: str | None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False,
                   configure_logging=True)
+    _reachable(address)
     try:
         if address:
             ray.init(address=address, **kwargs)
@@ -72,6 +73,18 @@ def connect(address: str | None) -> bool:
         return True
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise UserError("--address", f"cannot connect to Ray at {address!r}: {e}") from None
+
+
+def _reachable(address: str | None) -> None:
+    """Fail fast on a ``host:port`` nobody listens at (Ray itself retries for minutes)."""
+    import socket
+    if not address or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except (OSError, ValueError) as e:
+        raise UserError("--address", f"no Ray cluster at {address} ({e})") from None
 
 
 def resources(study: Study) -> tuple[float, float]:

@@ -172,3 +172,12 @@ def test_study_name_is_the_directory_and_to_dict_round_trips(tmp_path):
     with pytest.raises(UserError) as e:
         study_mod.from_dict({**GOOD, "name": ""})
     assert e.value.field == "name"
+
+
+def test_unreachable_address_exits_2_and_writes_nothing(tmp_path, capsys):
+    spec = tmp_path / "good.yaml"
+    spec.write_text(yaml.safe_dump(GOOD))
+    out = tmp_path / "results"
+    assert cli.main(["run", str(spec), "--output", str(out), "--address", "127.0.0.1:1"]) == 2
+    assert capsys.readouterr().err.startswith("ldtune: error: --address: no Ray cluster at 127.0.0.1:1")
+    assert not out.exists()
