@@ -1,0 +1,46 @@
+"""``ldtune train`` through the installed console script: the JSON contract and bad input."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ldtune.cli import main
+
+CONTRACT = {"strategy", "model", "dataset", "epochs", "test_accuracy", "train_time_s", "train_flops", "flops_saved"}
+
+
+def test_train_json_contract():
+    out = subprocess.run([sys.executable, "-m", "ldtune", "train", "--model", "resnet20", "--width", "4",
+                          "--dataset", "digits", "--epochs", "2", "--batch-size", "64", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert CONTRACT <= set(last)
+    assert last["strategy"] == "baseline" and last["dataset"] == "digits" and last["epochs"] == 2
+    assert 0.3 < last["test_accuracy"] <= 1.0 and last["train_flops"] > 0 and last["flops_saved"] == 0.0
+    assert "epoch 2/2" in out.stderr
+
+
+@pytest.mark.parametrize("args,field", [
+    (["--model", "resnet21"], "model"),
+    (["--dataset", "svhn"], "dataset"),
+    (["--strategy", "dropall"], "strategy"),
+    (["--set", "nosuchkey=1"], "baseline.nosuchkey"),
+    (["--epochs", "0"], "epochs"),
+    (["--schedule", "linear"], "schedule"),
+    (["--data-root", "/nonexistent/dir"], "data_root"),
+    (["--subset", "999999"], "subset"),
+])
+def test_bad_input_exits_2_naming_the_field(args, field, capsys):
+    code = main(["train", "--dataset", "digits", "--width", "4", "--epochs", "1", *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and f"error: {field}:" in err
+
+
+def test_argparse_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--epochs", "three"])
+    assert e.value.code == 2
+    assert "--epochs" in capsys.readouterr().err
