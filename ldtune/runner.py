@@ -51,6 +51,7 @@ class Outcome:
     interrupted: bool  # some slots did not finish (Ctrl-C); --resume runs them
     wall_s: float  # seconds from the start of the run (Ray connection included) to its end
     trial_time_s: dict = field(default_factory=dict)  # trial_id -> seconds the trainable itself ran (this run)
+    fit_time_s: dict = field(default_factory=dict)  # trial_id -> seconds of training + evaluation in it
     nodes: dict = field(default_factory=dict)  # trial_id -> Ray node id that ran it (this run)
     retries: int = 0  # trials Tune restarted after a worker or node died
 
@@ -69,6 +70,9 @@ def connect(address: str | None) -> bool:
         if address:
             ray.init(address=address, **kwargs)
             return True
+        # trial workers at normal priority: Ray's default (nice 15) lets any other process, the
+        # driver's own loop included, preempt training and lengthen its measured time
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(**kwargs)
         return True
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -245,6 +249,7 @@ def _callback_class():
             if not result.get("final"):  # stopped by Ctrl-C before its end: it runs again on --resume
                 return
             self.outcome.trial_time_s[trial.config["trial_id"]] = result.get("trial_time_s")
+            self.outcome.fit_time_s[trial.config["trial_id"]] = (result.get("train_time_s") or 0) + (result.get("eval_time_s") or 0)
             self.outcome.nodes[trial.config["trial_id"]] = result.get("node_id")
             self._add(trial, result)
 
@@ -393,8 +398,10 @@ def _run(study: Study, study_dir: Path, resume: bool, callbacks: list, stream: T
         print(f"stopped: {len(done)} of {len(done) + len([s for s in slots if trial_id(*s) not in done])} trials "
               f"finished and saved", file=stream, flush=True)
     elif own:
+        fit_s = sum(outcome.fit_time_s.values())
         print(f"done: {len(outcome.trial_time_s)} trials in {outcome.wall_s:.1f}s wall; the trials themselves ran "
-              f"{own:.1f}s (platform overhead {outcome.wall_s / own - 1:+.1%})", file=stream, flush=True)
+              f"{own:.1f}s ({fit_s:.1f}s of it training and evaluation): platform overhead "
+              f"{outcome.wall_s / own - 1:+.1%}", file=stream, flush=True)
     return outcome
 
 
