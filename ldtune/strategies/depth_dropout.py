@@ -41,9 +41,20 @@ from ..models import ResidualUnit
 from .base import HParam, Strategy
 
 
+class Conv1x1(nn.Conv2d):
+    """``nn.Conv2d(c, c, 1, bias=False)`` computed on the CPU as one batched matrix product: the
+    same function and FLOPs, without oneDNN's layout reorders, which on narrow maps cost more time
+    than the product itself (a 1x1 conv took half the time of a whole two-3x3-conv branch)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.is_cuda:
+            return super().forward(x)
+        return torch.einsum("oc,nchw->nohw", self.weight.flatten(1), x)
+
+
 def trainable_shortcut(channels: int, relu: bool = False) -> nn.Sequential:
     """1x1 conv + BN (+ ReLU) that starts as the identity up to BatchNorm's normalisation."""
-    conv = nn.Conv2d(channels, channels, 1, bias=False)
+    conv = Conv1x1(channels, channels, 1, bias=False)
     with torch.no_grad():
         conv.weight.copy_(torch.eye(channels)[:, :, None, None])
     layers = [conv, nn.BatchNorm2d(channels)] + ([nn.ReLU()] if relu else [])
