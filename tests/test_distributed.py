@@ -4,6 +4,7 @@ worker node is killed mid-trial and the study still ends with every trial accoun
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import jsonschema
@@ -18,6 +19,29 @@ from ray.cluster_utils import Cluster
 from ldtune import runner, study as study_mod
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A test-only strategy, imported by the study's `plugins` on the driver and on both nodes: it trains
+# like the baseline but pauses before its last epoch, so a node killed after its first epoch report
+# dies mid-trial, never after the trial's end.
+PLUGIN = '''
+import time
+
+from ldtune.strategies import REGISTRY, EpochPlan, Strategy
+
+
+class Sleepy(Strategy):
+    """Test-only: the baseline, with a 2 s pause before the last epoch."""
+    name = "sleepy"
+    hparams = {}
+
+    def epoch_start(self, epoch):
+        if epoch == self.ctx.epochs - 1:
+            time.sleep(2.0)
+        return EpochPlan()
+
+
+REGISTRY["sleepy"] = Sleepy
+'''
 
 
 def test_cluster_yaml_passes_ray_validation():
@@ -39,7 +63,7 @@ def test_cluster_yaml_passes_ray_validation():
 
 
 class KillWorkerMidTrial(tune.Callback):
-    """Removes the worker node when a trial running there reports its first (non-final) epoch."""
+    """Removes the worker node when a sleepy trial running there reports its first (non-final) epoch."""
 
     def __init__(self, cluster: Cluster, worker):
         self.cluster, self.worker = cluster, worker
@@ -49,7 +73,8 @@ class KillWorkerMidTrial(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.nodes_seen.add(result.get("node_id"))
-        if self.killed_trial is None and result.get("node_id") == self.worker_id and not result.get("final"):
+        if (self.killed_trial is None and result.get("node_id") == self.worker_id and not result.get("final")
+                and trial.config["strategy"] == "sleepy"):
             self.killed_trial = trial.config["trial_id"]
             self.cluster.remove_node(self.worker, allow_graceful=False)
 
@@ -58,7 +83,12 @@ class KillWorkerMidTrial(tune.Callback):
 
 
 @pytest.fixture
-def two_nodes():
+def two_nodes(tmp_path_factory, monkeypatch):
+    """Two Ray nodes of one CPU each; the plugin's directory is on both nodes' Python path."""
+    plugin_dir = tmp_path_factory.mktemp("plugin")
+    (plugin_dir / "ldtune_test_sleepy.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(plugin_dir))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(plugin_dir), os.environ.get("PYTHONPATH")])))
     cluster = Cluster(initialize_head=True, connect=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
@@ -74,9 +104,10 @@ def test_trials_on_both_nodes_and_a_dead_worker_node_is_retried(two_nodes, tmp_p
         "workload": {"model": "resnet20", "width": 4, "dataset": "digits", "subset": 512, "epochs": 3,
                      "batch_size": 32},
         "baseline": {"repeats": 2},
-        "strategies": {"freezeout": {"trials": 4}},
+        "strategies": {"sleepy": {"trials": 4}},
         "max_concurrent": 2,
         "max_failures": 2,
+        "plugins": ["ldtune_test_sleepy"],
     })
     killer = KillWorkerMidTrial(cluster, worker)
     outcome = runner.run_study(spec, tmp_path, callbacks=[killer])
@@ -87,7 +118,7 @@ def test_trials_on_both_nodes_and_a_dead_worker_node_is_retried(two_nodes, tmp_p
     assert outcome.retries >= 1  # Tune restarted the trial the dead node was running
     assert not outcome.interrupted
     trials = pd.read_parquet(tmp_path / "two-nodes" / "trials.parquet")
-    expected = {f"baseline-00{k}" for k in range(2)} | {f"freezeout-00{k}" for k in range(4)}
+    expected = {f"baseline-00{k}" for k in range(2)} | {f"sleepy-00{k}" for k in range(4)}
     assert set(trials["trial_id"]) == expected and trials["trial_id"].is_unique
     assert (trials["status"] == "ok").all(), trials[["trial_id", "status", "error"]]
     assert outcome.nodes[killer.killed_trial] == head_id  # its retry finished on the surviving node
