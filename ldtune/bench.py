@@ -2,8 +2,8 @@
 
 ``bench(workload, [(name, hparams), ...], repeats)`` loads the data once, runs one untimed warm-up
 epoch of the baseline (allocator, thread pool and kernel caches), then ``repeats`` rounds; each
-round runs the baseline and every strategy once, in turn, on seed ``workload.seed + round``, so
-slow drifts of a shared machine hit every strategy alike. Per strategy it reports the median
+round runs the baseline and every strategy once, in turn (the order rotated by one each round),
+on seed ``workload.seed + round``, so slow drifts of a shared machine hit every strategy alike. Per strategy it reports the median
 train time, ``time_saved = 1 - T / T_base`` against the median baseline time, the counted
 ``flops_saved`` (cost table, against a baseline run of the same workload), their ratio
 ``efficiency = time_saved / flops_saved`` (did the FLOP saving become time?) and the accuracy
@@ -45,7 +45,10 @@ def bench(w: Workload, runs: list[tuple[str, dict]], repeats: int = 2, data=None
     results: dict[int, list] = {i: [] for i in range(len(runs))}
     for r in range(repeats):
         wr = dataclasses.replace(w, seed=w.seed + r)
-        for i, (name, hp) in enumerate(runs):
+        order = list(range(len(runs)))
+        order = order[r % len(runs):] + order[:r % len(runs)]  # rotate: no strategy always runs first
+        for i in order:
+            name, hp = runs[i]
             res = fit(wr, strategies.create(name, **hp), data=data)
             results[i].append(res)
             if progress is not None:

@@ -1,0 +1,57 @@
+"""``ldtune bench``: baseline and strategies interleaved on one workload; JSON and bad input."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ldtune import cli
+
+TINY = ["--dataset", "fashion_mnist", "--subset", "256", "--width", "4", "--epochs", "1", "--batch-size", "64",
+        "--test-subset", "200", "--threads", "1"]
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bench_reports_savings_against_the_median_baseline(capsys, one_thread):
+    rc = cli.main(["bench", *TINY, "--repeats", "2", "--strategies", "stochastic_depth,freezeout",
+                   "--set", "stochastic_depth.p=0.8", "--set", "freezeout.t0=0.3", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    rows = {r["strategy"]: r for r in report["rows"]}
+    assert list(rows) == ["baseline", "stochastic_depth", "freezeout"]  # the baseline always runs, first
+    assert report["repeats"] == 2 and report["test_images"] == 200
+    base = rows["baseline"]
+    assert base["flops_saved"] == 0.0 and base["time_saved"] == 0.0 and base["accuracy_delta"] == 0.0
+    assert rows["stochastic_depth"]["hparams"]["p"] == 0.8 and rows["freezeout"]["hparams"]["t0"] == 0.3
+    for name in ("stochastic_depth", "freezeout"):
+        r = rows[name]
+        assert r["runs"] == 2 and len(r["train_times_s"]) == 2 and r["status"] == "ok"
+        assert r["flops_saved"] > 0.1  # both skip a large share at these settings
+        assert r["time_saved"] == pytest.approx(1 - r["train_time_s"] / base["train_time_s"])
+        assert r["efficiency"] == pytest.approx(r["time_saved"] / r["flops_saved"])
+        assert r["accuracy_delta"] == pytest.approx(r["test_accuracy"] - base["test_accuracy"])
+    assert "efficiency" in err  # the table goes to stderr when --json is given
+
+
+@pytest.mark.parametrize("args, field", [
+    (["--strategies", "no_such"], "--strategies"),
+    (["--strategies", "freezeout", "--set", "depth_dropout.p=0.5"], "--set"),
+    (["--strategies", "freezeout", "--set", "t0=0.5"], "--set"),
+    (["--strategies", "freezeout", "--set", "freezeout.t0=7"], "freezeout.t0"),
+    (["--strategies", "freezeout", "--repeats", "0"], "repeats"),
+    (["--strategies", "freezeout", "--model", "resnet7"], "model"),
+])
+def test_bench_bad_input_exits_2_naming_the_field(args, field, capsys, one_thread):
+    rc = cli.main(["bench", *TINY, *args])
+    out, err = capsys.readouterr()
+    assert rc == 2
+    assert out == ""
+    assert err.startswith(f"ldtune: error: {field}:"), err
