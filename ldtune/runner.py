@@ -125,7 +125,7 @@ def _sampler(study: Study, seed: int):
         return optuna.samplers.TPESampler(multivariate=True, constant_liar=study.max_concurrent > 1, seed=seed)
 
 
-def _optuna_searchers(study: Study, study_dir: Path, strategies: list[str]) -> dict:
+def _optuna_searchers(study: Study, study_dir: Path, strategies: set[str]) -> dict:
     """Per searched strategy, ``ConcurrencyLimiter(OptunaSearch)`` on its Optuna study in SQLite.
     Trials an earlier run left RUNNING (a killed driver) are marked FAIL; the sampler's seed moves
     on with the study's length, so a resumed run does not repeat the first suggestions."""
@@ -135,9 +135,9 @@ def _optuna_searchers(study: Study, study_dir: Path, strategies: list[str]) -> d
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(f"sqlite:///{(study_dir / OPTUNA_FILE).resolve()}")
     out = {}
-    for i, name in enumerate(sorted(strategies)):
-        plan = study.plan(name)
-        if not plan.space:
+    for i, plan in enumerate(study.plans):  # i: a stable per-strategy seed offset
+        name = plan.name
+        if name not in strategies or not plan.space:
             continue
         known = 0
         try:
@@ -369,7 +369,7 @@ def _run(study: Study, study_dir: Path, resume: bool, callbacks: list, stream: T
                     "hparams": {**study.plan(name).fixed, **hparams}, "seed": study.trial_seed(k),
                     "data_seed": study.seed, "test_subset": study.test_subset, "workload": w, "threads": max(1, int(cpu)), "plugins": study.plugins}
 
-        searcher = _searcher_class()(slots, _optuna_searchers(study, study_dir, [s for s, _ in slots]), make_config)
+        searcher = _searcher_class()(slots, _optuna_searchers(study, study_dir, {s for s, _ in slots}), make_config)
         cb = _callback_class()(study, study_dir, rows, epoch_rows, total, stream, outcome)
         from .trainable import trainable
         tuner = tune.Tuner(
