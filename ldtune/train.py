@@ -34,8 +34,8 @@ class Workload:
     model: str = "resnet20"
     dataset: str = "fashion_mnist"
     epochs: int = 3  # epochs
-    batch_size: int = 128  # images per step
-    lr: float = 0.1  # base learning rate (SGD, per step)
+    batch_size: int = 64  # images per step
+    lr: float = 0.05  # base learning rate (SGD, per step)
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 5e-4  # L2 coefficient, applied to every trained weight
     schedule: str = "cosine"  # 'cosine' (to 0 at the end), 'step' (x0.1 at 50% and 75%) or 'constant'
@@ -46,6 +46,7 @@ class Workload:
     width: int | None = None  # CIFAR ResNet stem channels (16 in the paper); None: the model's default
     image_size: int | None = None  # zero-pad small images to this side in pixels (e.g. 32); None: as stored
     data_root: str | None = None  # where torchvision keeps downloaded datasets
+    augment: bool | None = None  # random crop/flip; None: the dataset's default (on for CIFAR/Imagenette, off for MNIST-likes)
 
     SCHEDULES = ("cosine", "step", "constant")
 
@@ -72,6 +73,8 @@ class Workload:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise UserError(name, f"must be a positive integer, got {v!r}")
+        if self.augment is not None and not isinstance(self.augment, bool):
+            raise UserError("augment", f"must be true, false or null, got {self.augment!r}")
         if self.data_root is not None and not Path(self.data_root).is_dir():
             raise UserError("data_root", f"no such directory: {self.data_root}")
         return self
@@ -126,7 +129,7 @@ class _Sync:
 
 def load_data(w: Workload):
     return data_mod.load(w.dataset, subset=w.subset, seed=w.seed, device=w.resolved_device(), root=w.data_root,
-                         image_size=w.image_size)
+                         image_size=w.image_size, augment=w.augment)
 
 
 def build_model(w: Workload, data) -> models.BlockNet:
@@ -269,7 +272,7 @@ def _freeze(model: models.BlockNet, opt: torch.optim.Optimizer, lo: int, hi: int
 
 @torch.no_grad()
 def evaluate(model: models.BlockNet, data, autocast=contextlib.nullcontext, frozen: int = 0,
-             batch_size: int = 1000) -> float:
+             batch_size: int = 256) -> float:
     """Top-1 accuracy of the whole net on the test set; restores train mode for unfrozen blocks."""
     model.eval()
     correct = total = 0

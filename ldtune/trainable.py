@@ -43,7 +43,7 @@ def _data(w, data_seed: int, test_subset: int | None):
     import dataclasses
 
     from . import strategies
-    from .bench import trim_test_set
+    from .data import trim_test_set
     from .train import fit, load_data
     key = (w.dataset, w.subset, data_seed, w.resolved_device(), w.data_root, w.image_size, test_subset)
     if key not in _DATA:

@@ -16,7 +16,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ldtune import cli
-from ldtune.bench import trim_test_set
+from ldtune.data import trim_test_set
 from ldtune.data import load
 from ldtune.models import ResidualUnit
 from ldtune.strategies import REGISTRY, Strategy, create

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ldtune import models
-from ldtune.bench import trim_test_set
+from ldtune.data import trim_test_set
 from ldtune.cost import CostTable
 from ldtune.data import load
 from ldtune.strategies import Context, create

@@ -7,7 +7,7 @@ from ldtune import strategies
 from ldtune.strategies import EpochPlan, Strategy
 from ldtune.train import Workload, fit
 
-W = Workload(model="resnet20", width=4, dataset="fashion_mnist", subset=512, epochs=2, batch_size=64)
+W = Workload(model="resnet20", width=8, dataset="fashion_mnist", subset=512, epochs=2, batch_size=32)
 
 
 def test_baseline_learns_and_reports_each_epoch(fmnist_small):

@@ -1,6 +1,7 @@
 """``ldtune train``: one training run; ``--json`` ends with one JSON object (the contract)."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -16,21 +17,24 @@ def add_workload_args(p, epochs: int = 3) -> None:
     p.add_argument("--epochs", type=int, default=epochs, help="epochs")
     p.add_argument("--subset", type=int, default=None, help="training images (seeded, class-balanced)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--batch-size", type=int, default=128, help="images per step")
-    p.add_argument("--lr", type=float, default=0.1, help="base SGD learning rate")
+    p.add_argument("--batch-size", type=int, default=64, help="images per step")
+    p.add_argument("--lr", type=float, default=0.05, help="base SGD learning rate")
     p.add_argument("--schedule", default="cosine", help="cosine, step or constant")
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=None, help="CIFAR ResNet stem channels (16 in the paper)")
     p.add_argument("--image-size", type=int, default=None, help="zero-pad images to this side (pixels)")
     p.add_argument("--data-root", default=None, help="directory for torchvision datasets")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop/flip (default: on for CIFAR/Imagenette, off for MNIST-likes and digits)")
 
 
 def workload_from_args(a):
     from ..train import Workload
     return Workload(model=a.model, dataset=a.dataset, epochs=a.epochs, subset=a.subset, device=a.device,
                     batch_size=a.batch_size, lr=a.lr, schedule=a.schedule, weight_decay=a.weight_decay,
-                    seed=a.seed, width=a.width, image_size=a.image_size, data_root=a.data_root).validate()
+                    seed=a.seed, width=a.width, image_size=a.image_size, data_root=a.data_root,
+                    augment=a.augment).validate()
 
 
 def parse_sets(items: list[str]) -> dict:
