@@ -12,7 +12,8 @@ def main(a) -> int:
         cls = strategies.get(n)
         print(f"== {n}")
         for k, h in cls.hparams.items():
-            rng = f"[{h.low}, {h.high}]" if h.choices is None else f"{list(h.choices)}"
+            rng = (f"{list(h.choices)}" if h.choices is not None else "" if h.kind is bool
+                   else f"[{h.low}, {h.high}]")
             print(f"  {k}: {h.kind.__name__} {rng}, default {h.default!r} ({h.unit})")
         if a.name:
             print(cls.card())
