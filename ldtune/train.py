@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from . import data as data_mod
@@ -297,4 +296,4 @@ def set_threads() -> None:
     torch.set_num_threads(n)
 
 
-__all__ = ["Workload", "FitResult", "fit", "evaluate", "lr_schedule", "load_data", "build_model", "nn"]
+__all__ = ["Workload", "FitResult", "fit", "evaluate", "lr_schedule", "load_data", "build_model", "set_threads"]
