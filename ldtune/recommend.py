@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
-from .pareto import within_drop
+from .pareto import format_value, within_drop
 
 BANDWIDTH = 0.1  # kernel width, as a fraction of each hyperparameter's range over the trials
 DEFAULT_DROP = 1.0  # percentage points of accuracy against the baseline median
@@ -99,8 +99,8 @@ def strategy_dims(strategy: str, trials: pd.DataFrame) -> list[Dim]:
     if strategy in REGISTRY:
         specs = {n: h for n, h in REGISTRY[strategy].hparams.items() if h.search is not None}
     else:  # a strategy this install does not know: every recorded DESIGN.md hyperparameter
-        from .commands.pareto import HPARAM_COLUMNS
-        specs = {n: None for n in HPARAM_COLUMNS}
+        from .results import CONTRACT_HPARAMS
+        specs = {n: None for n in CONTRACT_HPARAMS}
     dims = []
     for name, spec in specs.items():
         if name not in trials.columns or trials[name].isna().all():
@@ -243,7 +243,7 @@ def evaluate(trials: pd.DataFrame, max_accuracy_drop: float = DEFAULT_DROP, band
                 inside = e_own[within_drop(e_own["accuracy_delta"], max_accuracy_drop)]
                 best = max(float(inside["time_saved"].max()) if len(inside) else 0.0, 0.0)
                 rows.append(dict(model=model, held_out=held_out, strategy=r.strategy,
-                                 config=" ".join(f"{k}={_fmt(v)}" for k, v in r.config.items()),
+                                 config=" ".join(f"{k}={format_value(v)}" for k, v in r.config.items()),
                                  accuracy_delta=float(e["accuracy_delta"]), time_saved=float(e["time_saved"]),
                                  best_time_saved=best, regret=best - float(e["time_saved"]),
                                  held=bool(within_drop(e["accuracy_delta"], max_accuracy_drop))))
@@ -258,9 +258,3 @@ def summarize(ev: pd.DataFrame) -> pd.DataFrame:
                          "max_regret": g["regret"].max(), "held": g["held"].sum()}).reset_index()
 
 
-def _fmt(v) -> str:
-    if isinstance(v, (bool, np.bool_)):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    return str(v)

@@ -48,7 +48,7 @@ EPOCH_COLUMNS = {
     "epoch_time_s": pa.float64(), "epoch_flops": pa.int64(), "trainable_params": pa.int64(),
     "active_blocks": pa.int64(),
 }
-_CONTRACT_HPARAMS = ("warmup_epochs", "p", "s", "kappa", "t0", "schedule", "scale_lr")  # listed first
+CONTRACT_HPARAMS = ("warmup_epochs", "p", "s", "kappa", "t0", "schedule", "scale_lr")  # listed first
 _ARROW = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
 FILES = ("trials.parquet", "epochs.parquet", "pareto.parquet")
 
@@ -60,10 +60,10 @@ def hparam_columns() -> dict[str, pa.DataType]:
     for cls in strategies.REGISTRY.values():
         for name, hp in cls.hparams.items():
             kinds.setdefault(name, set()).add(hp.kind)
-    for name in _CONTRACT_HPARAMS:
+    for name in CONTRACT_HPARAMS:
         kinds.setdefault(name, {float} if name in ("p", "kappa", "t0") else
                          {int} if name in ("warmup_epochs", "s") else {bool} if name == "scale_lr" else {str})
-    order = [n for n in _CONTRACT_HPARAMS] + sorted(set(kinds) - set(_CONTRACT_HPARAMS))
+    order = [n for n in CONTRACT_HPARAMS] + sorted(set(kinds) - set(CONTRACT_HPARAMS))
     out = {}
     for name in order:
         k = kinds[name]
@@ -170,5 +170,5 @@ def read_rows(study_dir: str | Path) -> tuple[list[dict], list[dict]]:
     return trials, epochs
 
 
-__all__ = ["TRIAL_COLUMNS", "EPOCH_COLUMNS", "FILES", "hparam_columns", "trials_schema", "derive", "write",
+__all__ = ["TRIAL_COLUMNS", "EPOCH_COLUMNS", "CONTRACT_HPARAMS", "FILES", "hparam_columns", "trials_schema", "derive", "write",
            "read_rows", "trials_table", "epochs_table", "load", "pareto", "fronts"]

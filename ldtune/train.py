@@ -198,10 +198,10 @@ def fit(w: Workload, strategy: Strategy, callback: Callable[[dict], None] | None
                     cache.build(model.blocks, data, plan.cached, autocast=autocast)
                 else:
                     cache.advance(model.blocks, plan.cached, autocast=autocast)
-                epoch_flops += cost.forward(cached, plan.cached) * cache.features.shape[0]
+                epoch_flops += cost.forward(cached, plan.cached) * cache.num_samples
                 cached = plan.cached
             bs = plan.batch_size or w.batch_size
-            n_steps = (cache.features.shape[0] if cached else data.num_train) // bs
+            n_steps = (cache.num_samples if cached else data.num_train) // bs
             batches = cache.batches(bs, gen) if cached else data.train_batches(bs, gen)
             loss_sum = torch.zeros((), device=dev)
             for step, b in enumerate(batches):

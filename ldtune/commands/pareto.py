@@ -10,31 +10,18 @@ import json
 import math
 import sys
 
-import numpy as np
 import pandas as pd
 
-from ..errors import UserError
-from ..pareto import load, pareto
+from ..pareto import format_value, load, pareto
 
-# the hyperparameter columns of trials.parquet (DESIGN.md); strategies registered later add theirs
-HPARAM_COLUMNS = ("warmup_epochs", "p", "s", "kappa", "t0", "schedule", "scale_lr")
 OUT_COLUMNS = ("model", "dataset", "front", "strategy", "hyperparameters", "test_accuracy", "accuracy_delta",
                "time_saved", "flops_saved", "speedup", "study", "trial_id")
 
 
 def hparam_columns(df) -> list[str]:
     """Hyperparameter columns present in ``df``: DESIGN.md's, plus any a registered strategy declares."""
-    names = list(HPARAM_COLUMNS)
-    names += [n for cls in _registry().values() for n in cls.hparams if n not in names]
-    return [n for n in names if n in df.columns]
-
-
-def _value(v) -> str:
-    if isinstance(v, (bool, np.bool_)):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    return str(v)
+    from ..results import hparam_columns as all_columns
+    return [n for n in all_columns() if n in df.columns]
 
 
 def _isnull(v) -> bool:
@@ -53,7 +40,7 @@ def hparams_text(row, columns) -> str:
             continue
         if specs is not None and specs[c].search is None and _same(v, specs[c].default):
             continue
-        parts.append(f"{c}={_value(v)}")
+        parts.append(f"{c}={format_value(v)}")
     return " ".join(parts) or "-"
 
 
