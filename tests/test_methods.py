@@ -190,6 +190,14 @@ def test_stochastic_depth_linear_decay_and_survival_scaling():
     assert (kept / 2000).tolist() == pytest.approx([1 - d for d in s.drop], abs=0.04)
 
 
+def test_stochastic_depth_uniform_rule():
+    net = models.build("resnet20", 1, 10, width=4)
+    s = create("stochastic_depth", p=0.3, rule="uniform", drop_downsample=False)
+    s.prepare_model(net)
+    assert len(s.units) == 7 and s.drop == pytest.approx([0.3] * 7)  # 9 units, 2 down-sample
+    assert [u.eval_branch_scale for u in s.units] == pytest.approx([0.7] * 7)
+
+
 # ---------------------------------------------------------------- LayerDropBack
 @pytest.mark.parametrize("s_", [1, 2, 3, 5])
 def test_layerdropback_drop_epochs_follow_eq1(s_):

@@ -34,12 +34,12 @@ Readings chosen:
   equal units (``tests/test_methods.py`` checks both the paper's arithmetic and ours). Counted
   FLOPs omit BN, ReLU and adds, which the skipped branches also save and the shortcut's BN adds.
 
-Time vs FLOPs: on a narrow net on a CPU the 1x1 shortcut is memory-bound. It reads and writes
-as many bytes as a 3x3 conv, so it takes about a quarter to a third of the time of a 3x3 conv
-while doing 1/9 of its FLOPs. With all branches on, a step costs about 1.2x the baseline's time
-for 1.05x its FLOPs. So ``time_saved`` trails ``flops_saved``: on ResNet-56 at width 8 with
-p = 0.5 we measured 25% less time for 42% fewer FLOPs. On a CPU, ``Conv1x1`` computes the
-shortcut as one batched matmul (same FLOPs, about 35% faster than oneDNN's 1x1 conv there).
+Time vs FLOPs: on a narrow net on a CPU the shortcut is memory-bound. Its 1x1 conv and BN read
+and write as many bytes as a 3x3 conv and its BN while doing 1/9 of the conv's FLOPs, so with
+every branch on a step costs about 1.2x the baseline's time for 1.05x its FLOPs, and
+``time_saved`` trails ``flops_saved`` by that overhead (ResNet-56 at width 8, p = 0.5: 25% less
+time for 42% fewer FLOPs, BENCHMARKS.md). Dropping the same branches with identity shortcuts
+(``stochastic_depth`` with ``rule: uniform``) turns the FLOP saving into time one for one.
 
 Paper: J. Guo and S. Gould, "Depth Dropout: Efficient Training of Residual Convolutional Neural
 Networks", DICTA 2016 (../shared/papers/depth-dropout.txt), Eq. 3-4 and Sec. III-C.
@@ -54,20 +54,9 @@ from ..models import ResidualUnit
 from .base import HParam, Strategy
 
 
-class Conv1x1(nn.Conv2d):
-    """``nn.Conv2d(c, c, 1, bias=False)`` computed on the CPU as one batched matrix product: the
-    same function and FLOPs, without oneDNN's layout reorders, which on narrow maps cost more time
-    than the product itself (a 1x1 conv took half the time of a whole two-3x3-conv branch)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda:
-            return super().forward(x)
-        return torch.einsum("oc,nchw->nohw", self.weight.flatten(1), x)
-
-
 def trainable_shortcut(channels: int, relu: bool = False) -> nn.Sequential:
     """1x1 conv + BN (+ ReLU) that starts as the identity up to BatchNorm's normalisation."""
-    conv = Conv1x1(channels, channels, 1, bias=False)
+    conv = nn.Conv2d(channels, channels, 1, bias=False)
     with torch.no_grad():
         conv.weight.copy_(torch.eye(channels)[:, :, None, None])
     layers = [conv, nn.BatchNorm2d(channels)] + ([nn.ReLU()] if relu else [])

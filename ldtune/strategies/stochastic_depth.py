@@ -15,7 +15,14 @@ What it skips: a skipped branch is not computed at all, forward or backward
 saving is about ``p/2`` of the residual units' share.
 
 Readings chosen: down-sampling units drop like the others (in Huang et al. every unit can
-drop); ``drop_downsample: false`` keeps them always on.
+drop); ``drop_downsample: false`` keeps them always on. ``rule: uniform`` gives every unit drop
+probability ``p`` (the paper's other rule, its Fig. 8), instead of the linear decay.
+
+Time vs FLOPs: on a narrow net on a CPU the early, high-resolution units cost more time per
+FLOP than the late ones (measured on ResNet-20 at width 8, one core: stage 1 takes about half of
+a step's time for a third of its FLOPs). Linear decay drops the late, cheap units most, so
+``time_saved`` trails ``flops_saved`` (BENCHMARKS.md). ``rule: uniform`` spreads the drops
+evenly and its time saving tracks its FLOP saving.
 
 Paper: G. Huang, Y. Sun, Z. Liu, D. Sedra, K. Weinberger, "Deep Networks with Stochastic Depth",
 ECCV 2016 (cited by LayerDropBack and Depth Dropout; not in ../shared/papers).
@@ -41,13 +48,15 @@ class StochasticDepth(Strategy):
         "p": HParam(float, 0.5, "drop probability of the last residual unit per mini-batch (linear in depth)",
                     low=0.0, high=0.95, search=(0.1, 0.8)),
         "drop_downsample": HParam(bool, True, "flag: units that down-sample may drop too"),
+        "rule": HParam(str, "linear", "drop probability per unit: 'linear' in depth up to p, or 'uniform' p",
+                       choices=("linear", "uniform")),
     }
 
     def prepare_model(self, model) -> None:
         units = [b for b in model.blocks if isinstance(b, ResidualUnit)]
         if not units:
             raise UserError("model", f"stochastic_depth needs residual units; {model.arch or 'this net'} has none")
-        drop = linear_decay(self.hp["p"], len(units))
+        drop = linear_decay(self.hp["p"], len(units)) if self.hp["rule"] == "linear" else [self.hp["p"]] * len(units)
         self.units, self.drop = [], []
         for u, d in zip(units, drop):
             if self.hp["drop_downsample"] or not u.downsample:
