@@ -174,10 +174,14 @@ def vgg_blocks(tv: nn.Module, name: str = "") -> BlockNet:
     return BlockNet(blocks, nn.Sequential(tv.avgpool, nn.Flatten(), tv.classifier), name)
 
 
-def features_blocks(tv: nn.Module, name: str, in_channels: int) -> BlockNet:
+def features_blocks(tv: nn.Module, name: str, in_channels: int, small_input: bool = False) -> BlockNet:
     """Nets whose ``features`` is already a sequence of units (MobileNetV2, EfficientNet, DenseNet):
-    one block per child of ``features``; the first conv takes ``in_channels``."""
+    one block per child of ``features``; the first conv takes ``in_channels``. For small images a
+    DenseNet gets a 3x3 stride-1 stem without its max-pool (else its third transition pools 1x1 maps)."""
     feats = list(tv.features.children())
+    if name.startswith("densenet") and small_input:
+        feats[0] = nn.Conv2d(in_channels, feats[0].out_channels, 3, 1, 1, bias=False)
+        feats[3] = nn.Identity()
     first = feats[0]
     conv = first if isinstance(first, nn.Conv2d) else first[0]
     if conv.in_channels != in_channels:
@@ -221,7 +225,7 @@ def build(name: str, in_channels: int = 3, num_classes: int = 10, width: int | N
     if name in _TV_VGGS:
         return vgg_blocks(adapt_torchvision_vgg(ctor(num_classes=num_classes), in_channels, image_size), name)
     if name in _TV_FEATURES:
-        return features_blocks(ctor(num_classes=num_classes), name, in_channels)
+        return features_blocks(ctor(num_classes=num_classes), name, in_channels, small)
     raise UserError("model", f"unknown model {name!r}; known: {', '.join(MODELS)}")
 
 

@@ -77,12 +77,13 @@ def test_width_scales_channels():
     assert narrow.blocks[0][0].out_channels == 4 and full.blocks[0][0].out_channels == 16
 
 
+@pytest.mark.parametrize("size", [28, 32])  # MNIST-likes as stored, and CIFAR
 @pytest.mark.parametrize("name", ["mobilenet_v2", "densenet121", "efficientnet_b0", "resnet34", "vgg16_bn"])
-def test_other_torchvision_nets_build_for_any_channels(name):
-    net = models.build(name, in_channels=1, num_classes=5, image_size=32)
+def test_other_torchvision_nets_build_for_any_channels(name, size):
+    net = models.build(name, in_channels=1, num_classes=5, image_size=size)
     net.eval()
     with torch.no_grad():
-        out = net(torch.randn(2, 1, 32, 32))
+        out = net(torch.randn(2, 1, size, size))
     assert out.shape == (2, 5)
     assert len(net.blocks) > 4
 
