@@ -63,7 +63,7 @@ def trainable_shortcut(channels: int, relu: bool = False) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _channels(unit: ResidualUnit) -> int:
+def branch_channels(unit: ResidualUnit) -> int:
     convs = [m for m in unit.branch.modules() if isinstance(m, nn.Conv2d)]
     return convs[-1].out_channels
 
@@ -86,7 +86,7 @@ class DepthDropout(Strategy):
             raise UserError("model", f"depth_dropout needs residual units; {model.arch or 'this net'} has none")
         for u in self.units:
             if not u.downsample:  # identity shortcut -> trainable 1x1 conv + BN
-                u.shortcut = trainable_shortcut(_channels(u), self.hp["shortcut_relu"])
+                u.shortcut = trainable_shortcut(branch_channels(u), self.hp["shortcut_relu"])
             u.eval_branch_scale = 1.0 - self.hp["p"] if self.hp["eval_scale"] else 1.0  # paper: unscaled
 
     def step_start(self, epoch: int, step: int, t: float) -> None:

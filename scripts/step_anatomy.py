@@ -1,0 +1,136 @@
+"""Where a training step's time goes, measured in isolation (BENCHMARKS.md, "Where the time goes").
+
+    .venv/bin/python scripts/step_anatomy.py --model resnet20 --width 8
+    .venv/bin/python scripts/step_anatomy.py --model resnet56 --width 8
+
+Times one SGD step (forward, backward, update; batch of random 28x28 one-channel images, channels
+last, one thread by default) of a CIFAR ResNet in these variants, each the median of interleaved
+rounds, and prints each against the plain net:
+
+* each stage's residual branches off (time per FLOP by stage);
+* half of the non-down-sampling branches off, a fresh random half every step (identity shortcuts);
+* Depth Dropout's 1x1 conv + BN shortcuts added, every branch on, then half of them off;
+* every conv weight after the stem without a gradient (what weight-gradient GEMMs cost).
+
+FLOP shares come from ldtune's cost table, so each line shows time saved next to FLOPs saved.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ldtune import models
+from ldtune.cost import CostTable
+from ldtune.models import ResidualUnit
+from ldtune.strategies.depth_dropout import branch_channels, trainable_shortcut
+from ldtune.strategies.layerdropback import layers_of
+from ldtune.train import reuse_freed_memory
+
+
+def variant(name: str, arch: str, width: int, seed: int = 0):
+    """(model, per-step hook) for one variant."""
+    torch.manual_seed(seed)
+    net = models.build(arch, 1, 10, width=width, image_size=28)
+    units = [b for b in net.blocks if isinstance(b, ResidualUnit)]
+    plain = [u for u in units if not u.downsample]
+    rng = torch.Generator().manual_seed(seed)
+
+    def half_off(us):
+        def hook():
+            off = set(torch.randperm(len(us), generator=rng)[: len(us) // 2].tolist())
+            for i, u in enumerate(us):
+                u.run_branch = i not in off
+        return hook
+
+    hook = None
+    if name.startswith("stage"):
+        per = len(units) // 3
+        k = int(name[-1]) - 1
+        for u in units[k * per:(k + 1) * per]:
+            u.run_branch = False
+    elif name == "half off":
+        hook = half_off(plain)
+    elif name.startswith("dd"):
+        for u in plain:
+            u.shortcut = trainable_shortcut(branch_channels(u))
+        if name == "dd half off":
+            hook = half_off(plain)
+    elif name == "no weight grads":
+        for layer in layers_of(net)[1:-1]:
+            for p in layer:
+                p.requires_grad_(False)
+    return net, hook
+
+
+def flops(net, hook, steps: int = 64) -> float:
+    """Mean counted FLOPs per sample of a step of this variant (before it goes channels-last)."""
+    cost = CostTable(net, (1, 28, 28), torch.device("cpu"))
+    total = 0.0
+    for _ in range(steps):
+        if hook:
+            hook()
+        total += cost.step(0, 0)
+    return total / steps
+
+
+def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
+    """Print the table; return {variant: (time_saved, flops_saved)}."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="resnet20", help="a CIFAR ResNet: resnet20, resnet32, resnet44, resnet56, resnet110")
+    ap.add_argument("--width", type=int, default=8, help="stem channels")
+    ap.add_argument("--batch-size", type=int, default=64, help="images per step")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per variant per round")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    reuse_freed_memory()
+    names = ["plain", "stage 1", "stage 2", "stage 3", "half off", "dd all on", "dd half off", "no weight grads"]
+    built = {}
+    for n in names:
+        net, hook = variant(n, a.model, a.width)
+        f = flops(net, hook)
+        net = net.to(memory_format=torch.channels_last).train()
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        built[n] = (net, hook, opt, f)
+    x = torch.randn(a.batch_size, 1, 28, 28).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (a.batch_size,))
+
+    def run(n: str, steps: int) -> float:
+        net, hook, opt, _ = built[n]
+        t = time.perf_counter()
+        for _ in range(steps):
+            if hook:
+                hook()
+            loss = F.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return (time.perf_counter() - t) / steps * 1e3
+
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for n in names:
+        run(n, 3)  # warm-up
+    for r in range(a.rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            times[n].append(run(n, a.steps))
+    base_t, base_f = statistics.median(times["plain"]), built["plain"][3]
+    print(f"{a.model} width {a.width}, batch {a.batch_size}, {a.threads} thread(s), channels-last; "
+          f"median of {a.rounds} interleaved rounds of {a.steps} steps")
+    print(f"{'variant':<18}{'ms/step':>9}{'time_saved':>12}{'flops_saved':>13}{'efficiency':>12}")
+    out = {}
+    for n in names:
+        t, f = statistics.median(times[n]), built[n][3]
+        ts, fs = 1 - t / base_t, 1 - f / base_f
+        eff = f"{ts / fs:.2f}" if fs >= 0.05 else "-"
+        print(f"{n:<18}{t:>9.1f}{ts:>12.1%}{fs:>13.1%}{eff:>12}")
+        out[n] = (ts, fs)
+    return out
+
+
+if __name__ == "__main__":
+    main()

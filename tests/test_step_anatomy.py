@@ -1,0 +1,29 @@
+"""scripts/step_anatomy.py (the isolated step timings BENCHMARKS.md cites) runs and counts right."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+
+def _load():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "step_anatomy.py"
+    spec = importlib.util.spec_from_file_location("step_anatomy", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_step_anatomy_variants_count_what_they_skip(capsys):
+    rows = _load().main(["--model", "resnet20", "--width", "4", "--batch-size", "8", "--rounds", "1", "--steps", "1"])
+    assert list(rows) == ["plain", "stage 1", "stage 2", "stage 3", "half off", "dd all on", "dd half off",
+                          "no weight grads"]
+    fs = {n: f for n, (_, f) in rows.items()}
+    assert fs["plain"] == 0
+    for k in (1, 2, 3):  # each stage holds about a third of the conv FLOPs
+        assert 0.28 < fs[f"stage {k}"] < 0.37
+    assert -0.06 < fs["dd all on"] < 0  # 7 shortcuts of 1/18 of a branch each: more FLOPs, not fewer
+    assert fs["dd half off"] < fs["half off"]
+    # 3 of the 7 non-down-sampling branches per step, each as costly as one of stage 1's three
+    assert fs["half off"] == pytest.approx(fs["stage 1"], rel=0.01)
+    assert fs["no weight grads"] == pytest.approx(1 / 3, abs=0.02)  # weight gradients: a third of conv FLOPs
+    assert "efficiency" in capsys.readouterr().out
