@@ -17,6 +17,11 @@ always-trained first layers), the loop's ``zero_grad(set_to_none=True)`` leaves 
 flags live, so ``epoch_flops`` shows the saving. Batch size times ``kappa`` saves no FLOPs
 (same samples per epoch) but fewer, larger steps.
 
+Time vs FLOPs: weight-gradient GEMMs are a third of a step's FLOPs but, on a narrow net on a CPU,
+only about a fifth of its time: BatchNorm, ReLU and the input gradients still run. So
+``time_saved`` trails ``flops_saved``. With every weight after the stem off, 33% fewer FLOPs
+gave 21% less time on ResNet-20 at width 8 (``scripts/step_anatomy.py``, BENCHMARKS.md).
+
 Readings chosen:
 * a "layer" is a conv or linear layer together with the BatchNorm that follows it;
 * ``p`` is the drop rate, as the text and the ablation say (``reading: text``, LR times
