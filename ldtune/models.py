@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision
 
 from .errors import UserError
@@ -42,6 +43,35 @@ class ResidualUnit(nn.Module):
             b = self.branch(x)
             out = out + (b if self.eval_branch_scale == 1.0 else b * self.eval_branch_scale)
         return self.post(out)
+
+
+class Projection(nn.Conv2d):
+    """A 1x1 convolution with stride s (a down-sampling shortcut), computed as a stride-1 1x1
+    convolution of every s-th pixel: the same function, parameters and FLOPs.
+
+    oneDNN's own strided 1x1 weight-gradient kernel (torch 2.14.1) reads out of bounds on
+    channels-last inputs with few channels when it runs on more than one thread: a width-8
+    ResNet-20 step with an odd batch size crashes the process (SIGSEGV), and Ray trials died the
+    same way with even ones. This path never calls that kernel.
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, bias: bool = False):
+        super().__init__(cin, cout, 1, stride, 0, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sh, sw = self.stride
+        if (sh, sw) != (1, 1):
+            x = x[:, :, ::sh, ::sw]
+        return F.conv2d(x, self.weight, self.bias)
+
+    @classmethod
+    def replacing(cls, conv: nn.Conv2d) -> "Projection":
+        """A Projection sharing ``conv``'s parameters (``conv``: 1x1, no padding, no groups)."""
+        p = cls(conv.in_channels, conv.out_channels, conv.stride[0], bias=False)
+        p.stride = conv.stride
+        p.weight = conv.weight
+        p.bias = conv.bias
+        return p
 
 
 class BlockNet(nn.Module):
@@ -89,7 +119,7 @@ def cifar_resnet(depth: int, in_channels: int, num_classes: int, width: int = 16
             stride = 2 if (stage > 0 and i == 0) else 1
             branch = nn.Sequential(*_conv_bn(cin, cout, 3, stride), nn.ReLU(inplace=True), *_conv_bn(cout, cout))
             down = stride != 1 or cin != cout
-            shortcut = nn.Sequential(*_conv_bn(cin, cout, 1, stride)) if down else None
+            shortcut = nn.Sequential(Projection(cin, cout, stride), _bn(cout)) if down else None
             blocks.append(ResidualUnit(branch, shortcut, nn.ReLU(), downsample=down))
             cin = cout
     net = BlockNet(blocks, _head(cin, num_classes), f"resnet{depth}")
@@ -137,6 +167,8 @@ def resnet_blocks(tv: nn.Module, name: str = "") -> BlockNet:
                                        nn.ReLU(inplace=True), u.conv3, u.bn3)
             else:
                 branch = nn.Sequential(u.conv1, u.bn1, nn.ReLU(inplace=True), u.conv2, u.bn2)
+            if u.downsample is not None:
+                u.downsample[0] = Projection.replacing(u.downsample[0])
             blocks.append(ResidualUnit(branch, u.downsample, nn.ReLU(),
                                        downsample=u.downsample is not None))
     return BlockNet(blocks, nn.Sequential(tv.avgpool, nn.Flatten(), tv.fc), name)

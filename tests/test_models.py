@@ -1,4 +1,6 @@
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -107,3 +109,22 @@ def test_unknown_model_names_the_field():
     with pytest.raises(UserError) as e:
         models.build("resnet21")
     assert e.value.field == "model"
+
+
+def test_projection_is_a_strided_1x1_conv():
+    conv = torch.nn.Conv2d(8, 16, 1, 2, 0, bias=False)
+    proj = models.Projection.replacing(conv)
+    assert proj.weight is conv.weight and proj.stride == (2, 2)
+    x = torch.randn(3, 8, 28, 28).to(memory_format=torch.channels_last)
+    assert torch.allclose(proj(x), conv(x), atol=1e-6)
+    assert list(dict(proj.named_parameters())) == ["weight"]  # state dicts keep their keys
+
+
+def test_narrow_resnet_trains_channels_last_on_two_threads_with_odd_batches():
+    # oneDNN's strided 1x1 weight-gradient kernel crashes the process here; run it in a child
+    code = ("import torch\nfrom ldtune import models\ntorch.set_num_threads(2)\n"
+            "m = models.build('resnet20', 1, 10, width=8).to(memory_format=torch.channels_last)\n"
+            "for n in (3, 9, 17):\n"
+            "    m(torch.randn(n, 1, 28, 28).to(memory_format=torch.channels_last)).sum().backward()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
