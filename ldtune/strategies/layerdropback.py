@@ -20,7 +20,7 @@ flags live, so ``epoch_flops`` shows the saving. Batch size times ``kappa`` save
 Time vs FLOPs: weight-gradient GEMMs are a third of a step's FLOPs but, on a narrow net on a CPU,
 only about a fifth of its time: BatchNorm, ReLU and the input gradients still run. So
 ``time_saved`` trails ``flops_saved``. With every weight after the stem off, 33% fewer FLOPs
-gave 21% less time on ResNet-20 at width 8 (``scripts/step_anatomy.py``, BENCHMARKS.md).
+gave 20-22% less time on ResNet-20 at width 8 (``scripts/step_anatomy.py``, BENCHMARKS.md).
 
 Readings chosen:
 * a "layer" is a conv or linear layer together with the BatchNorm that follows it;
