@@ -51,8 +51,8 @@ class Projection(nn.Conv2d):
 
     oneDNN's own strided 1x1 weight-gradient kernel (torch 2.14.1) reads out of bounds on
     channels-last inputs with few channels when it runs on more than one thread: a width-8
-    ResNet-20 step with an odd batch size crashes the process (SIGSEGV), and Ray trials died the
-    same way with even ones. This path never calls that kernel.
+    ResNet-20 step with an odd batch size crashes the process (SIGSEGV), and two quickstart trials
+    died in the same kernel. This path never calls it.
     """
 
     def __init__(self, cin: int, cout: int, stride: int = 1, bias: bool = False):

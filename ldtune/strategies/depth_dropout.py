@@ -39,7 +39,8 @@ and write as many bytes as a 3x3 conv and its BN while doing 1/9 of the conv's F
 every branch on a step costs about 1.2x the baseline's time for 1.05x its FLOPs, and
 ``time_saved`` trails ``flops_saved`` by that overhead (ResNet-56 at width 8, p = 0.5: 25% less
 time for 42% fewer FLOPs, BENCHMARKS.md). Dropping the same branches with identity shortcuts
-(``stochastic_depth`` with ``rule: uniform``) turns the FLOP saving into time one for one.
+(``stochastic_depth`` with ``rule: uniform``) turns nearly all of the FLOP saving into time
+(efficiency 0.85-0.93 in BENCHMARKS.md).
 
 Paper: J. Guo and S. Gould, "Depth Dropout: Efficient Training of Residual Convolutional Neural
 Networks", DICTA 2016 (../shared/papers/depth-dropout.txt), Eq. 3-4 and Sec. III-C.

@@ -46,8 +46,8 @@ class StochasticDepth(Strategy):
     __doc__ = __doc__
     name = "stochastic_depth"
     hparams = {
-        "p": HParam(float, 0.5, "probability per mini-batch that the last unit (rule linear) or any unit (rule uniform) skips its branch",
-                    low=0.0, high=0.95, search=(0.1, 0.8)),
+        "p": HParam(float, 0.5, "probability per mini-batch that the last unit (rule linear) or any unit "
+                    "(rule uniform) skips its branch", low=0.0, high=0.95, search=(0.1, 0.8)),
         "drop_downsample": HParam(bool, True, "flag: units that down-sample may drop too"),
         "rule": HParam(str, "linear", "drop probability per unit: 'linear' in depth up to p, or 'uniform' p",
                        choices=("linear", "uniform")),
