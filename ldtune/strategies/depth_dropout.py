@@ -50,9 +50,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..errors import UserError
 from ..models import ResidualUnit
-from .base import HParam, Strategy
+from .base import HParam
+from .branch_drop import BranchDrop
 
 
 def trainable_shortcut(channels: int, relu: bool = False) -> nn.Sequential:
@@ -69,7 +69,7 @@ def branch_channels(unit: ResidualUnit) -> int:
     return convs[-1].out_channels
 
 
-class DepthDropout(Strategy):
+class DepthDropout(BranchDrop):
     __doc__ = __doc__
     name = "depth_dropout"
     hparams = {
@@ -81,20 +81,9 @@ class DepthDropout(Strategy):
     }
 
     def prepare_model(self, model) -> None:
-        self.units = [b for b in model.blocks if isinstance(b, ResidualUnit)
-                      and (self.hp["drop_downsample"] or not b.downsample)]
-        if not self.units:
-            raise UserError("model", f"depth_dropout needs residual units; {model.arch or 'this net'} has none")
+        self.units = [u for u in self.residual_units(model) if self.hp["drop_downsample"] or not u.downsample]
+        self.drop = [self.hp["p"]] * len(self.units)
         for u in self.units:
             if not u.downsample:  # identity shortcut -> trainable 1x1 conv + BN
                 u.shortcut = trainable_shortcut(branch_channels(u), self.hp["shortcut_relu"])
             u.eval_branch_scale = 1.0 - self.hp["p"] if self.hp["eval_scale"] else 1.0  # paper: unscaled
-
-    def step_start(self, epoch: int, step: int, t: float) -> None:
-        keep = torch.rand(len(self.units), generator=self.ctx.rng) >= self.hp["p"]  # one draw per unit
-        for u, k in zip(self.units, keep.tolist()):
-            u.run_branch = k
-
-    def teardown(self) -> None:
-        for u in getattr(self, "units", []):
-            u.run_branch = True

@@ -30,11 +30,8 @@ ECCV 2016 (cited by LayerDropBack and Depth Dropout; not in ../shared/papers).
 """
 from __future__ import annotations
 
-import torch
-
-from ..errors import UserError
-from ..models import ResidualUnit
-from .base import HParam, Strategy
+from .base import HParam
+from .branch_drop import BranchDrop
 
 
 def linear_decay(p: float, n: int) -> list[float]:
@@ -42,7 +39,7 @@ def linear_decay(p: float, n: int) -> list[float]:
     return [p * (i + 1) / n for i in range(n)]
 
 
-class StochasticDepth(Strategy):
+class StochasticDepth(BranchDrop):
     __doc__ = __doc__
     name = "stochastic_depth"
     hparams = {
@@ -54,9 +51,7 @@ class StochasticDepth(Strategy):
     }
 
     def prepare_model(self, model) -> None:
-        units = [b for b in model.blocks if isinstance(b, ResidualUnit)]
-        if not units:
-            raise UserError("model", f"stochastic_depth needs residual units; {model.arch or 'this net'} has none")
+        units = self.residual_units(model)
         drop = linear_decay(self.hp["p"], len(units)) if self.hp["rule"] == "linear" else [self.hp["p"]] * len(units)
         self.units, self.drop = [], []
         for u, d in zip(units, drop):
@@ -64,13 +59,3 @@ class StochasticDepth(Strategy):
                 self.units.append(u)
                 self.drop.append(d)
                 u.eval_branch_scale = 1.0 - d  # eval: branch times its survival probability
-        self._drop = torch.tensor(self.drop)
-
-    def step_start(self, epoch: int, step: int, t: float) -> None:
-        keep = torch.rand(len(self.units), generator=self.ctx.rng) >= self._drop  # one draw per unit
-        for u, k in zip(self.units, keep.tolist()):
-            u.run_branch = k
-
-    def teardown(self) -> None:
-        for u in getattr(self, "units", []):
-            u.run_branch = True
