@@ -21,16 +21,22 @@ def _randomize_bn(net: nn.Module, seed: int = 0) -> None:
             m.bias.data.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
 
 
+def _split_matches(tv: nn.Module, split, in_channels: int) -> models.BlockNet:
+    """Split a copy of ``tv`` (BN statistics randomized) with ``split``; assert both compute the same."""
+    _randomize_bn(tv)
+    net = split(copy.deepcopy(tv))
+    tv.eval(), net.eval()
+    x = torch.randn(2, in_channels, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net(x), tv(x), atol=1e-5, rtol=1e-4)
+    return net
+
+
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_resnet_blocks_equal_unsplit_torchvision(name):
     torch.manual_seed(0)
     tv = models.adapt_torchvision_resnet(getattr(torchvision.models, name)(num_classes=7), in_channels=1)
-    _randomize_bn(tv)
-    net = models.resnet_blocks(copy.deepcopy(tv))
-    tv.eval(), net.eval()
-    x = torch.randn(2, 1, 32, 32)
-    with torch.no_grad():
-        assert torch.allclose(net(x), tv(x), atol=1e-5, rtol=1e-4)
+    net = _split_matches(tv, models.resnet_blocks, in_channels=1)
     # one stem block, then one block per residual unit (ResNet-18: 8 units; ResNet-50: 16)
     assert len(net.blocks) == 1 + {"resnet18": 8, "resnet50": 16}[name]
     assert all(isinstance(b, models.ResidualUnit) for b in net.blocks[1:])
@@ -39,12 +45,7 @@ def test_resnet_blocks_equal_unsplit_torchvision(name):
 def test_vgg_blocks_equal_unsplit_torchvision():
     torch.manual_seed(0)
     tv = models.adapt_torchvision_vgg(torchvision.models.vgg11_bn(num_classes=10), in_channels=3, image_size=32)
-    _randomize_bn(tv)
-    net = models.vgg_blocks(copy.deepcopy(tv))
-    tv.eval(), net.eval()
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.allclose(net(x), tv(x), atol=1e-5, rtol=1e-4)
+    net = _split_matches(tv, models.vgg_blocks, in_channels=3)
     assert len(net.blocks) == 8  # VGG-11: one block per conv+BN+ReLU(+pool)
 
 
