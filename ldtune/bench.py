@@ -1,13 +1,17 @@
 """Benchmark: the baseline and some strategies on ONE workload, in ONE process, interleaved.
 
-``bench(workload, [(name, hparams), ...], repeats)`` loads the data once, runs one untimed warm-up
-epoch of the baseline (allocator, thread pool and kernel caches), then ``repeats`` rounds; each
+``bench(workload, [(name, hparams), ...], repeats)`` loads the data once, warms up untimed (on a
+CPU one epoch of the baseline: allocator, thread pool and kernel caches; on CUDA one whole round of
+every run, because cuDNN autotunes each new convolution shape on first use, for seconds, and
+would bill the new shapes of a strategy, such as Depth Dropout's shortcuts or LayerDropBack's
+larger DROP-epoch batches, to its first timed run), then ``repeats`` rounds; each
 round runs the baseline and every strategy once, in turn (the order rotated by one each round),
 on seed ``workload.seed + round``, so slow drifts of a shared machine hit every strategy alike. Per strategy it reports the median
 train time, ``time_saved = 1 - T / T_base`` against the median baseline time, the counted
 ``flops_saved`` (cost table, against a baseline run of the same workload), their ratio
 ``efficiency = time_saved / flops_saved`` (did the FLOP saving become time?) and the accuracy
-delta against the median baseline accuracy.
+delta against the median baseline accuracy. ``baseline_spread`` is half the range of the
+baseline's times over their median: a time_saved within it is within this machine's noise.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from . import strategies
+from . import models, strategies
 from .data import trim_test_set
 from .train import Workload, fit, load_data
 
@@ -32,7 +36,10 @@ def bench(w: Workload, runs: list[tuple[str, dict]], repeats: int = 2, data=None
     for name, hp in runs:  # every bad name or value fails here, before any training
         strategies.create(name, **hp)
     data = trim_test_set(data if data is not None else load_data(w), test_subset, w.seed)
-    if warmup:
+    if warmup and torch.device(w.resolved_device()).type == "cuda":
+        for name, hp in runs:
+            fit(w, strategies.create(name, **hp), data=data)
+    elif warmup:
         fit(dataclasses.replace(w, epochs=1), strategies.create("baseline"), data=data)
     results: dict[int, list] = {i: [] for i in range(len(runs))}
     for r in range(repeats):
@@ -48,6 +55,7 @@ def bench(w: Workload, runs: list[tuple[str, dict]], repeats: int = 2, data=None
                                 "test_accuracy": res.test_accuracy, "status": res.status})
     base = results[0]
     t_base = statistics.median(x.train_time_s for x in base)
+    spread = (max(x.train_time_s for x in base) - min(x.train_time_s for x in base)) / 2 / t_base if t_base else 0.0
     acc_base = statistics.median(x.test_accuracy for x in base)
     rows = []
     for i, (name, hp) in enumerate(runs):
@@ -63,11 +71,13 @@ def bench(w: Workload, runs: list[tuple[str, dict]], repeats: int = 2, data=None
             "flops_saved": flops_saved, "time_saved": time_saved,
             "efficiency": time_saved / flops_saved if flops_saved >= MIN_SAVING else None,
             "test_accuracy": acc, "accuracy_delta": acc - acc_base,
+            "cache_tier": rs[0].epochs[-1]["cache_tier"] if rs[0].epochs else "none",  # where cached maps lived
             "status": "ok" if all(x.status == "ok" for x in rs) else ",".join(sorted({x.status for x in rs})),
         })
-    return {"model": w.model, "dataset": w.dataset, "width": w.width, "subset": w.subset, "epochs": w.epochs,
-            "batch_size": w.batch_size, "seed": w.seed, "repeats": repeats, "test_images": _test_count(data),
-            "device_name": base[0].device_name, "threads": torch.get_num_threads(), "rows": rows}
+    width = w.width if w.model in models.CIFAR_RESNETS else None  # other nets have one width
+    return {"model": w.model, "dataset": w.dataset, "width": width, "subset": w.subset, "epochs": w.epochs,
+            "batch_size": w.batch_size, "seed": w.seed, "repeats": repeats, "baseline_spread": spread,
+            "test_images": _test_count(data), "device_name": base[0].device_name, "threads": torch.get_num_threads(), "rows": rows}
 
 
 def _test_count(data) -> int | None:
@@ -75,14 +85,17 @@ def _test_count(data) -> int | None:
 
 
 def format_table(report: dict) -> str:
-    head = (f"{report['model']} (width {report['width']}) on {report['dataset']} (subset {report['subset']}), "
-            f"{report['epochs']} epochs, {report['repeats']} interleaved repeats, {report['device_name']}")
+    width = f" (width {report['width']})" if report["width"] else ""
+    head = (f"{report['model']}{width} on {report['dataset']} (subset {report['subset']}), "
+            f"{report['epochs']} epochs, {report['repeats']} interleaved repeats, {report['device_name']}; "
+            f"baseline times within ±{report['baseline_spread']:.1%} of their median")
     lines = [head, f"{'strategy':<18}{'flops_saved':>12}{'time_saved':>12}{'efficiency':>12}{'accuracy':>10}"
              f"{'acc_delta':>11}{'time_s':>9}"]
     for r in report["rows"]:
         eff = f"{r['efficiency']:.2f}" if r["efficiency"] is not None else "-"
         lines.append(f"{r['strategy']:<18}{r['flops_saved']:>12.1%}{r['time_saved']:>12.1%}{eff:>12}"
                      f"{r['test_accuracy']:>10.4f}{r['accuracy_delta']:>+11.4f}{r['train_time_s']:>9.2f}"
-                     + ("" if r["status"] == "ok" else f"  ({r['status']})"))
+                     + ("" if r["status"] == "ok" else f"  ({r['status']})")
+                     + ("" if r["cache_tier"] == "none" else f"  cache: {r['cache_tier']}"))
     lines.append(f"efficiency = time_saved / flops_saved; '-' where under {MIN_SAVING:.0%} of FLOPs is saved")
     return "\n".join(lines)

@@ -237,8 +237,9 @@ _TV_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 _TV_VGGS = ("vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn")
 _TV_FEATURES = ("mobilenet_v2", "efficientnet_b0", "densenet121")
 _CIFAR = {"resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110}
+CIFAR_RESNETS = tuple(_CIFAR)  # the nets whose width ``build`` sets
 
-MODELS = tuple(_CIFAR) + _TV_RESNETS + _TV_VGGS + _TV_FEATURES
+MODELS = CIFAR_RESNETS + _TV_RESNETS + _TV_VGGS + _TV_FEATURES
 
 
 def build(name: str, in_channels: int = 3, num_classes: int = 10, width: int | None = None,

@@ -38,7 +38,21 @@ def test_bench_reports_savings_against_the_median_baseline(capsys, one_thread):
         assert r["time_saved"] == pytest.approx(1 - r["train_time_s"] / base["train_time_s"])
         assert r["efficiency"] == pytest.approx(r["time_saved"] / r["flops_saved"])
         assert r["accuracy_delta"] == pytest.approx(r["test_accuracy"] - base["test_accuracy"])
-    assert "efficiency" in err  # the table goes to stderr when --json is given
+    times = base["train_times_s"]
+    assert report["baseline_spread"] == pytest.approx((max(times) - min(times)) / 2 / base["train_time_s"])
+    assert report["width"] == 4 and all(r["cache_tier"] == "none" for r in rows.values())  # neither caches
+    assert "efficiency" in err and "baseline times within" in err  # the table goes to stderr under --json
+
+
+def test_bench_names_the_cache_tier_and_no_width_for_fixed_width_nets(capsys, one_thread):
+    rc = cli.main(["bench", *TINY, "--model", "vgg11_bn", "--image-size", "32", "--repeats", "1",
+                   "--epochs", "3", "--strategies", "learn_drop", "--set", "learn_drop.warmup_epochs=1", "--json"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    report = json.loads(out.strip().splitlines()[-1])
+    assert report["width"] is None and "width" not in err.splitlines()[-5]  # --width means nothing to a VGG
+    row = report["rows"][1]
+    assert row["strategy"] == "learn_drop" and row["cache_tier"] == "device" and "cache: device" in err
 
 
 @pytest.mark.parametrize("args, field", [
