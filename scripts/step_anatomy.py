@@ -2,13 +2,15 @@
 
     .venv/bin/python scripts/step_anatomy.py --model resnet20 --width 8
     .venv/bin/python scripts/step_anatomy.py --model resnet56 --width 8
+    python scripts/step_anatomy.py --model resnet18 --image-size 32 --batch-size 256 --device cuda
 
-Times one SGD step (forward, backward, update; batch of random 28x28 one-channel images, channels
-last, one thread by default) of a CIFAR ResNet in these variants, each the median of interleaved
-rounds, and prints each against the plain net:
+Times one SGD step (forward, backward, update; batch of random one-channel images, channels last,
+one thread by default; bf16 autocast on CUDA, as training uses) of a residual net in these
+variants, each the median of interleaved rounds, and prints each against the plain net:
 
-* each stage's residual branches off (time per FLOP by stage);
-* half of the non-down-sampling branches off, a fresh random half every step (identity shortcuts);
+* each stage's residual branches off (time per FLOP by stage; a stage starts at a down-sampling unit);
+* half of the non-down-sampling branches off, a fresh random half every step (identity shortcuts),
+  and the same half in every step (what a changing graph costs beside the skipped work itself);
 * Depth Dropout's 1x1 conv + BN shortcuts added, every branch on, then half of them off;
 * every conv weight after the stem without a gradient (what weight-gradient GEMMs cost).
 
@@ -17,6 +19,7 @@ FLOP shares come from ldtune's cost table, so each line shows time saved next to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -31,10 +34,20 @@ from ldtune.strategies.layerdropback import layers_of
 from ldtune.train import reuse_freed_memory
 
 
-def variant(name: str, arch: str, width: int, seed: int = 0):
+def stages(units: list[ResidualUnit]) -> list[list[ResidualUnit]]:
+    """Residual units grouped by stage: a new stage starts at each down-sampling unit."""
+    out: list[list[ResidualUnit]] = []
+    for u in units:
+        if u.downsample or not out:
+            out.append([])
+        out[-1].append(u)
+    return out
+
+
+def variant(name: str, arch: str, width: int, size: int = 28, seed: int = 0):
     """(model, per-step hook) for one variant."""
     torch.manual_seed(seed)
-    net = models.build(arch, 1, 10, width=width, image_size=28)
+    net = models.build(arch, 1, 10, width=width, image_size=size)
     units = [b for b in net.blocks if isinstance(b, ResidualUnit)]
     plain = [u for u in units if not u.downsample]
     rng = torch.Generator().manual_seed(seed)
@@ -48,12 +61,12 @@ def variant(name: str, arch: str, width: int, seed: int = 0):
 
     hook = None
     if name.startswith("stage"):
-        per = len(units) // 3
-        k = int(name[-1]) - 1
-        for u in units[k * per:(k + 1) * per]:
+        for u in stages(units)[int(name[-1]) - 1]:
             u.run_branch = False
     elif name == "half off":
         hook = half_off(plain)
+    elif name == "half fixed":
+        half_off(plain)()
     elif name.startswith("dd"):
         for u in plain:
             u.shortcut = trainable_shortcut(branch_channels(u))
@@ -66,9 +79,9 @@ def variant(name: str, arch: str, width: int, seed: int = 0):
     return net, hook
 
 
-def flops(net, hook, steps: int = 64) -> float:
+def flops(net, hook, size: int, steps: int = 64) -> float:
     """Mean counted FLOPs per sample of a step of this variant (before it goes channels-last)."""
-    cost = CostTable(net, (1, 28, 28), torch.device("cpu"))
+    cost = CostTable(net, (1, size, size), torch.device("cpu"))
     total = 0.0
     for _ in range(steps):
         if hook:
@@ -80,54 +93,77 @@ def flops(net, hook, steps: int = 64) -> float:
 def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
     """Print the table; return {variant: (time_saved, flops_saved)}."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="resnet20", help="a CIFAR ResNet: resnet20, resnet32, resnet44, resnet56, resnet110")
-    ap.add_argument("--width", type=int, default=8, help="stem channels")
+    ap.add_argument("--model", default="resnet20", help="a residual net: a CIFAR ResNet (resnet20 ... resnet110) or resnet18/34")
+    ap.add_argument("--width", type=int, default=8, help="stem channels of a CIFAR ResNet")
+    ap.add_argument("--image-size", type=int, default=28, help="side of the random one-channel images (pixels)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--batch-size", type=int, default=64, help="images per step")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per variant per round")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    reuse_freed_memory()
-    names = ["plain", "stage 1", "stage 2", "stage 3", "half off", "dd all on", "dd half off", "no weight grads"]
+    dev = torch.device(a.device)
+    cuda = dev.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    else:
+        reuse_freed_memory()
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    n_stages = len(stages([b for b in variant("plain", a.model, a.width, a.image_size)[0].blocks
+                           if isinstance(b, ResidualUnit)]))
+    names = (["plain"] + [f"stage {k + 1}" for k in range(n_stages)]
+             + ["half off", "half fixed", "dd all on", "dd half off", "no weight grads"])
     built = {}
     for n in names:
-        net, hook = variant(n, a.model, a.width)
-        f = flops(net, hook)
-        net = net.to(memory_format=torch.channels_last).train()
+        net, hook = variant(n, a.model, a.width, a.image_size)
+        f = flops(net, hook, a.image_size)
+        net = net.to(dev, memory_format=torch.channels_last).train()
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         built[n] = (net, hook, opt, f)
-    x = torch.randn(a.batch_size, 1, 28, 28).to(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (a.batch_size,))
+    x = torch.randn(a.batch_size, 1, a.image_size, a.image_size, device=dev).to(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (a.batch_size,), device=dev)
+
+    mallocs = {n: 0 for n in names}  # new device memory segments (cudaMalloc) while timed: allocator churn
 
     def run(n: str, steps: int) -> float:
         net, hook, opt, _ = built[n]
+        segments = torch.cuda.memory_stats(dev).get("segment.all.allocated", 0) if cuda else 0
+        sync()
         t = time.perf_counter()
         for _ in range(steps):
             if hook:
                 hook()
-            loss = F.cross_entropy(net(x), y)
+            with autocast():
+                loss = F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        sync()
+        if cuda:
+            mallocs[n] += torch.cuda.memory_stats(dev).get("segment.all.allocated", 0) - segments
         return (time.perf_counter() - t) / steps * 1e3
 
     times: dict[str, list[float]] = {n: [] for n in names}
     for n in names:
         run(n, 3)  # warm-up
+    mallocs = dict.fromkeys(names, 0)
     for r in range(a.rounds):
         for n in names[r % len(names):] + names[:r % len(names)]:
             times[n].append(run(n, a.steps))
     base_t, base_f = statistics.median(times["plain"]), built["plain"][3]
-    print(f"{a.model} width {a.width}, batch {a.batch_size}, {a.threads} thread(s), channels-last; "
+    where = torch.cuda.get_device_name(dev) if cuda else f"{a.threads} thread(s)"
+    print(f"{a.model} width {a.width}, {a.image_size}x{a.image_size}, batch {a.batch_size}, {where}, channels-last; "
           f"median of {a.rounds} interleaved rounds of {a.steps} steps")
-    print(f"{'variant':<18}{'ms/step':>9}{'time_saved':>12}{'flops_saved':>13}{'efficiency':>12}")
+    print(f"{'variant':<18}{'ms/step':>9}{'time_saved':>12}{'flops_saved':>13}{'efficiency':>12}"
+          + (f"{'cudaMallocs':>13}" if cuda else ""))
     out = {}
     for n in names:
         t, f = statistics.median(times[n]), built[n][3]
         ts, fs = 1 - t / base_t, 1 - f / base_f
         eff = f"{ts / fs:.2f}" if fs >= 0.05 else "-"
-        print(f"{n:<18}{t:>9.1f}{ts:>12.1%}{fs:>13.1%}{eff:>12}")
+        print(f"{n:<18}{t:>9.1f}{ts:>12.1%}{fs:>13.1%}{eff:>12}" + (f"{mallocs[n]:>13}" if cuda else ""))
         out[n] = (ts, fs)
     return out
 

@@ -15,7 +15,7 @@ def _load():
 
 def test_step_anatomy_variants_count_what_they_skip(capsys):
     rows = _load().main(["--model", "resnet20", "--width", "4", "--batch-size", "8", "--rounds", "1", "--steps", "1"])
-    assert list(rows) == ["plain", "stage 1", "stage 2", "stage 3", "half off", "dd all on", "dd half off",
+    assert list(rows) == ["plain", "stage 1", "stage 2", "stage 3", "half off", "half fixed", "dd all on", "dd half off",
                           "no weight grads"]
     fs = {n: f for n, (_, f) in rows.items()}
     assert fs["plain"] == 0
@@ -25,5 +25,6 @@ def test_step_anatomy_variants_count_what_they_skip(capsys):
     assert fs["dd half off"] < fs["half off"]
     # 3 of the 7 non-down-sampling branches per step, each as costly as one of stage 1's three
     assert fs["half off"] == pytest.approx(fs["stage 1"], rel=0.01)
+    assert fs["half fixed"] == pytest.approx(fs["half off"], rel=0.01)  # the same skipped work, one fixed half
     assert fs["no weight grads"] == pytest.approx(1 / 3, abs=0.02)  # weight gradients: a third of conv FLOPs
     assert "efficiency" in capsys.readouterr().out
