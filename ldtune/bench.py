@@ -6,11 +6,11 @@ every run, because cuDNN autotunes each new convolution shape on first use, for 
 would bill the new shapes of a strategy, such as Depth Dropout's shortcuts or LayerDropBack's
 larger DROP-epoch batches, to its first timed run), then ``repeats`` rounds; each
 round runs the baseline and every strategy once, in turn (the order rotated by one each round),
-on seed ``workload.seed + round``, so slow drifts of a shared machine hit every strategy alike. Per strategy it reports the median
-train time, ``time_saved = 1 - T / T_base`` against the median baseline time, the counted
-``flops_saved`` (cost table, against a baseline run of the same workload), their ratio
-``efficiency = time_saved / flops_saved`` (did the FLOP saving become time?) and the accuracy
-delta against the median baseline accuracy. ``baseline_spread`` is half the range of the
+on seed ``workload.seed + round``, so slow drifts of a shared machine hit every strategy alike.
+Per strategy it reports the median train time, ``time_saved = 1 - T / T_base`` against the
+median baseline time, the counted ``flops_saved`` (cost table, against a baseline run of the same
+workload), their ratio ``efficiency = time_saved / flops_saved`` (did the FLOP saving become
+time?) and the accuracy delta against the median baseline accuracy. ``baseline_spread`` is half the range of the
 baseline's times over their median: a time_saved within it is within this machine's noise.
 """
 from __future__ import annotations
@@ -54,8 +54,9 @@ def bench(w: Workload, runs: list[tuple[str, dict]], repeats: int = 2, data=None
                 progress(name, {"repeat": r, "train_time_s": res.train_time_s, "flops_saved": res.flops_saved,
                                 "test_accuracy": res.test_accuracy, "status": res.status})
     base = results[0]
-    t_base = statistics.median(x.train_time_s for x in base)
-    spread = (max(x.train_time_s for x in base) - min(x.train_time_s for x in base)) / 2 / t_base if t_base else 0.0
+    times = [x.train_time_s for x in base]
+    t_base = statistics.median(times)
+    spread = (max(times) - min(times)) / 2 / t_base if t_base else 0.0  # half the range, over the median
     acc_base = statistics.median(x.test_accuracy for x in base)
     rows = []
     for i, (name, hp) in enumerate(runs):
@@ -77,7 +78,8 @@ def bench(w: Workload, runs: list[tuple[str, dict]], repeats: int = 2, data=None
     width = w.width if w.model in models.CIFAR_RESNETS else None  # other nets have one width
     return {"model": w.model, "dataset": w.dataset, "width": width, "subset": w.subset, "epochs": w.epochs,
             "batch_size": w.batch_size, "seed": w.seed, "repeats": repeats, "baseline_spread": spread,
-            "test_images": _test_count(data), "device_name": base[0].device_name, "threads": torch.get_num_threads(), "rows": rows}
+            "test_images": _test_count(data), "device_name": base[0].device_name,
+            "threads": torch.get_num_threads(), "rows": rows}
 
 
 def _test_count(data) -> int | None:

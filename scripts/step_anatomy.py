@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
     times: dict[str, list[float]] = {n: [] for n in names}
     for n in names:
         run(n, 3)  # warm-up
-    mallocs = dict.fromkeys(names, 0)
+    mallocs.update(dict.fromkeys(names, 0))  # count the timed rounds only
     for r in range(a.rounds):
         for n in names[r % len(names):] + names[:r % len(names)]:
             times[n].append(run(n, a.steps))
