@@ -93,7 +93,8 @@ def flops(net, hook, size: int, steps: int = 64) -> float:
 def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
     """Print the table; return {variant: (time_saved, flops_saved)}."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="resnet20", help="a residual net: a CIFAR ResNet (resnet20 ... resnet110) or resnet18/34")
+    ap.add_argument("--model", default="resnet20",
+                    help="a residual net: a CIFAR ResNet (resnet20 ... resnet110) or resnet18/34")
     ap.add_argument("--width", type=int, default=8, help="stem channels of a CIFAR ResNet")
     ap.add_argument("--image-size", type=int, default=28, help="side of the random one-channel images (pixels)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")

@@ -18,3 +18,18 @@ def fmnist_small():
 def digits():
     from ldtune.data import load
     return load("digits", seed=0)
+
+
+@pytest.fixture(scope="session")
+def load_script():
+    """``load_script("name")`` imports scripts/name.py as a module (scripts/ is not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    return load

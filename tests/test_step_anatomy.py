@@ -1,22 +1,12 @@
 """scripts/step_anatomy.py (the isolated step timings BENCHMARKS.md cites) runs and counts right."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 
-def _load():
-    path = Path(__file__).resolve().parents[1] / "scripts" / "step_anatomy.py"
-    spec = importlib.util.spec_from_file_location("step_anatomy", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_step_anatomy_variants_count_what_they_skip(capsys):
-    rows = _load().main(["--model", "resnet20", "--width", "4", "--batch-size", "8", "--rounds", "1", "--steps", "1"])
-    assert list(rows) == ["plain", "stage 1", "stage 2", "stage 3", "half off", "half fixed", "dd all on", "dd half off",
-                          "no weight grads"]
+def test_step_anatomy_variants_count_what_they_skip(load_script, capsys):
+    rows = load_script("step_anatomy").main(["--model", "resnet20", "--width", "4", "--batch-size", "8",
+                                             "--rounds", "1", "--steps", "1"])
+    assert list(rows) == ["plain", "stage 1", "stage 2", "stage 3", "half off", "half fixed", "dd all on",
+                          "dd half off", "no weight grads"]
     fs = {n: f for n, (_, f) in rows.items()}
     assert fs["plain"] == 0
     for k in (1, 2, 3):  # each stage holds about a third of the conv FLOPs
