@@ -71,6 +71,7 @@ def bench(w: Workload, runs: list[tuple[str, dict]], repeats: int = 2, data=None
             "train_times_s": [x.train_time_s for x in rs],
             "flops_saved": flops_saved, "time_saved": time_saved,
             "efficiency": time_saved / flops_saved if flops_saved >= MIN_SAVING else None,
+            "within_noise": i > 0 and repeats > 1 and abs(time_saved) <= spread,  # not resolved from noise
             "test_accuracy": acc, "accuracy_delta": acc - acc_base,
             "cache_tier": rs[0].epochs[-1]["cache_tier"] if rs[0].epochs else "none",  # where cached maps lived
             "status": "ok" if all(x.status == "ok" for x in rs) else ",".join(sorted({x.status for x in rs})),
@@ -90,14 +91,17 @@ def format_table(report: dict) -> str:
     width = f" (width {report['width']})" if report["width"] else ""
     head = (f"{report['model']}{width} on {report['dataset']} (subset {report['subset']}), "
             f"{report['epochs']} epochs, {report['repeats']} interleaved repeats, {report['device_name']}; "
-            f"baseline times within ±{report['baseline_spread']:.1%} of their median")
-    lines = [head, f"{'strategy':<18}{'flops_saved':>12}{'time_saved':>12}{'efficiency':>12}{'accuracy':>10}"
+            + (f"baseline times within ±{report['baseline_spread']:.1%} of their median" if report["repeats"] > 1
+               else "one repeat: no estimate of the timing noise"))
+    lines = [head, f"{'strategy':<18}{'flops_saved':>12}{'time_saved':>12}{'efficiency':>12} {'accuracy':>10}"
              f"{'acc_delta':>11}{'time_s':>9}"]
     for r in report["rows"]:
-        eff = f"{r['efficiency']:.2f}" if r["efficiency"] is not None else "-"
-        lines.append(f"{r['strategy']:<18}{r['flops_saved']:>12.1%}{r['time_saved']:>12.1%}{eff:>12}"
+        eff = (f"{r['efficiency']:.2f}" if r["efficiency"] is not None else "-") + ("*" if r["within_noise"] else " ")
+        lines.append(f"{r['strategy']:<18}{r['flops_saved']:>12.1%}{r['time_saved']:>12.1%}{eff:>13}"
                      f"{r['test_accuracy']:>10.4f}{r['accuracy_delta']:>+11.4f}{r['train_time_s']:>9.2f}"
                      + ("" if r["status"] == "ok" else f"  ({r['status']})")
                      + ("" if r["cache_tier"] == "none" else f"  cache: {r['cache_tier']}"))
     lines.append(f"efficiency = time_saved / flops_saved; '-' where under {MIN_SAVING:.0%} of FLOPs is saved")
+    if any(r["within_noise"] for r in report["rows"]):
+        lines.append("* time_saved within the baseline's spread: this run does not resolve it from noise")
     return "\n".join(lines)

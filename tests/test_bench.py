@@ -41,6 +41,8 @@ def test_bench_reports_savings_against_the_median_baseline(capsys, one_thread):
     times = base["train_times_s"]
     assert report["baseline_spread"] == pytest.approx((max(times) - min(times)) / 2 / base["train_time_s"])
     assert report["width"] == 4 and all(r["cache_tier"] == "none" for r in rows.values())  # neither caches
+    for r in rows.values():
+        assert r["within_noise"] == (r["strategy"] != "baseline" and abs(r["time_saved"]) <= report["baseline_spread"])
     assert "efficiency" in err and "baseline times within" in err  # the table goes to stderr under --json
 
 
@@ -53,6 +55,24 @@ def test_bench_names_the_cache_tier_and_no_width_for_fixed_width_nets(capsys, on
     assert report["width"] is None and "width" not in err.splitlines()[-5]  # --width means nothing to a VGG
     row = report["rows"][1]
     assert row["strategy"] == "learn_drop" and row["cache_tier"] == "device" and "cache: device" in err
+
+
+def test_table_marks_time_savings_within_the_baselines_spread():
+    from ldtune.bench import format_table
+
+    def row(name, time_saved, within_noise):
+        return {"strategy": name, "flops_saved": 0.3 if name != "baseline" else 0.0, "time_saved": time_saved,
+                "efficiency": time_saved / 0.3 if name != "baseline" else None, "within_noise": within_noise,
+                "test_accuracy": 0.9, "accuracy_delta": 0.0, "train_time_s": 1.0, "status": "ok", "cache_tier": "none"}
+    report = {"model": "resnet20", "width": 8, "dataset": "fashion_mnist", "subset": 256, "epochs": 1, "repeats": 3,
+              "device_name": "cpu", "baseline_spread": 0.1,
+              "rows": [row("baseline", 0.0, False), row("resolved", 0.25, False), row("noisy", 0.05, True)]}
+    lines = format_table(report).splitlines()
+    assert "within ±10.0%" in lines[0]
+    assert "0.83 " in lines[3] and "*" not in lines[3]  # 0.25 / 0.3, clear of the noise
+    assert "0.17*" in lines[4] and lines[-1].startswith("* time_saved within")
+    report["repeats"] = 1
+    assert "no estimate of the timing noise" in format_table(report).splitlines()[0]
 
 
 @pytest.mark.parametrize("args, field", [
