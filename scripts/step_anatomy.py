@@ -10,7 +10,8 @@ variants, each the median of interleaved rounds, and prints each against the pla
 
 * each stage's residual branches off (time per FLOP by stage; a stage starts at a down-sampling unit);
 * half of the non-down-sampling branches off, a fresh random half every step (identity shortcuts),
-  and the same half in every step (what a changing graph costs beside the skipped work itself);
+  and one random half kept for every step (what a changing graph costs beside the skipped work;
+  on a CPU, where time per FLOP differs by stage, that one half's stage mix also moves it);
 * Depth Dropout's 1x1 conv + BN shortcuts added, every branch on, then half of them off;
 * every conv weight after the stem without a gradient (what weight-gradient GEMMs cost).
 
