@@ -7,7 +7,7 @@
 # nor Optuna). Fashion-MNIST comes from /usr/share/datasets/fashion-mnist; on a machine that cannot
 # download, put the four .gz files in data/fashion-mnist and they are copied there first.
 # Each step runs under its own time limit and writes OUTDIR/<step>.log; STEPS=... picks steps,
-# DEVICE=cpu SUBSET=512 makes a quick dry run anywhere.
+# DEVICE=cpu SUBSET=512 makes a dry run on a CPU (minutes: ResNet-18 and VGG are slow there).
 set -u
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-gpu-figures}}
