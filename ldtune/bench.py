@@ -10,8 +10,9 @@ on seed ``workload.seed + round``, so slow drifts of a shared machine hit every 
 Per strategy it reports the median train time, ``time_saved = 1 - T / T_base`` against the
 median baseline time, the counted ``flops_saved`` (cost table, against a baseline run of the same
 workload), their ratio ``efficiency = time_saved / flops_saved`` (did the FLOP saving become
-time?) and the accuracy delta against the median baseline accuracy. ``baseline_spread`` is half the range of the
-baseline's times over their median: a time_saved within it is within this machine's noise.
+time?) and the accuracy delta against the median baseline accuracy. ``baseline_spread`` is half
+the range of the baseline's times over their median: a time_saved within it is within this
+machine's noise.
 """
 from __future__ import annotations
 

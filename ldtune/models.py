@@ -262,6 +262,6 @@ def build(name: str, in_channels: int = 3, num_classes: int = 10, width: int | N
     raise UserError("model", f"unknown model {name!r}; known: {', '.join(MODELS)}")
 
 
-def residual_units(net: BlockNet) -> list[int]:
-    """Indices of the blocks that are ResidualUnits."""
-    return [i for i, b in enumerate(net.blocks) if isinstance(b, ResidualUnit)]
+def residual_units(net: BlockNet) -> list[ResidualUnit]:
+    """The net's blocks that are ResidualUnits, in order."""
+    return [b for b in net.blocks if isinstance(b, ResidualUnit)]

@@ -46,7 +46,8 @@ class Workload:
     width: int | None = None  # CIFAR ResNet stem channels (16 in the paper); None: the model's default
     image_size: int | None = None  # zero-pad small images to this side in pixels (e.g. 32); None: as stored
     data_root: str | None = None  # where torchvision keeps downloaded datasets
-    augment: bool | None = None  # random crop/flip; None: the dataset's default (on for CIFAR/Imagenette, off for MNIST-likes)
+    # random crop/flip; None: the dataset's default (on for CIFAR/Imagenette, off for MNIST-likes)
+    augment: bool | None = None
 
     SCHEDULES = ("cosine", "step", "constant")
 
@@ -118,13 +119,20 @@ def device_name(device: torch.device) -> str:
     return f"cpu:{platform.processor() or platform.machine()}:{torch.get_num_threads()}t"
 
 
-class _Sync:
+class Sync:
+    """Calling it waits for the device's queued work (CUDA); a no-op on a CPU, whose ops return done."""
+
     def __init__(self, device):
         self.device = device
 
     def __call__(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+
+def autocast_for(dev: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """The context every training step runs in: bf16 autocast on CUDA, plain float32 elsewhere."""
+    return (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev.type == "cuda" else contextlib.nullcontext
 
 
 def load_data(w: Workload):
@@ -159,7 +167,7 @@ def fit(w: Workload, strategy: Strategy, callback: Callable[[dict], None] | None
     model = model.to(memory_format=torch.channels_last)
     if cuda:
         torch.backends.cudnn.benchmark = True
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+    autocast = autocast_for(dev)
     tmp = None
     if workdir is None:
         tmp = workdir = tempfile.mkdtemp(prefix="ldtune-run-")
@@ -178,7 +186,7 @@ def fit(w: Workload, strategy: Strategy, callback: Callable[[dict], None] | None
                   device=dev, seed=w.seed, rng=torch.Generator().manual_seed(w.seed + 1), cost=cost,
                   workdir=workdir, extra={"data": data})
     strategy.setup(ctx)
-    sync = _Sync(dev)
+    sync = Sync(dev)
     cache = FeatureCache(dev, workdir=workdir)  # tiers: device, pinned host, memmap file in workdir
     frozen = cached = 0
     train_flops = 0
@@ -319,4 +327,5 @@ def set_threads() -> None:
     torch.set_num_threads(n)
 
 
-__all__ = ["Workload", "FitResult", "fit", "evaluate", "lr_schedule", "load_data", "build_model", "set_threads"]
+__all__ = ["Workload", "FitResult", "fit", "evaluate", "lr_schedule", "load_data", "build_model", "set_threads",
+           "Sync", "autocast_for"]

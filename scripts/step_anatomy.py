@@ -20,7 +20,6 @@ FLOP shares come from ldtune's cost table, so each line shows time saved next to
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
 
@@ -32,7 +31,7 @@ from ldtune.cost import CostTable
 from ldtune.models import ResidualUnit
 from ldtune.strategies.depth_dropout import branch_channels, trainable_shortcut
 from ldtune.strategies.layerdropback import layers_of
-from ldtune.train import reuse_freed_memory
+from ldtune.train import Sync, autocast_for, reuse_freed_memory
 
 
 def stages(units: list[ResidualUnit]) -> list[list[ResidualUnit]]:
@@ -49,7 +48,7 @@ def variant(name: str, arch: str, width: int, size: int = 28, seed: int = 0):
     """(model, per-step hook) for one variant."""
     torch.manual_seed(seed)
     net = models.build(arch, 1, 10, width=width, image_size=size)
-    units = [b for b in net.blocks if isinstance(b, ResidualUnit)]
+    units = models.residual_units(net)
     plain = [u for u in units if not u.downsample]
     rng = torch.Generator().manual_seed(seed)
 
@@ -111,10 +110,9 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
         torch.backends.cudnn.benchmark = True
     else:
         reuse_freed_memory()
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    n_stages = len(stages([b for b in variant("plain", a.model, a.width, a.image_size)[0].blocks
-                           if isinstance(b, ResidualUnit)]))
+    autocast, sync = autocast_for(dev), Sync(dev)
+    n_stages = len(stages(models.residual_units(models.build(a.model, 1, 10, width=a.width,
+                                                             image_size=a.image_size))))
     names = (["plain"] + [f"stage {k + 1}" for k in range(n_stages)]
              + ["half off", "half fixed", "dd all on", "dd half off", "no weight grads"])
     built = {}

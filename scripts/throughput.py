@@ -25,7 +25,7 @@ import time
 import torch
 
 from ldtune import strategies
-from ldtune.train import Workload, _Sync, device_name, fit, load_data
+from ldtune.train import Sync, Workload, device_name, fit, load_data
 
 
 class OneBatch:
@@ -53,7 +53,7 @@ def epoch_time(w: Workload, data) -> float:
 
 def draw_time(w: Workload, data) -> float:
     """Seconds to draw one epoch's batches alone, the device synchronized at the end."""
-    sync = _Sync(torch.device(w.resolved_device()))
+    sync = Sync(torch.device(w.resolved_device()))
     gen = torch.Generator().manual_seed(w.seed)
     sync()
     t = time.perf_counter()

@@ -65,9 +65,8 @@ def test_skipped_branches_and_frozen_weights_match_flopcounter():
     torch.manual_seed(0)
     net = models.build("resnet20", in_channels=1, num_classes=10, width=4)
     table = CostTable(net, (1, 28, 28))
-    units = models.residual_units(net)
-    for i in units[::2]:
-        net.blocks[i].run_branch = False
+    for u in models.residual_units(net)[::2]:
+        u.run_branch = False
     # single layers without weight gradients inside trained blocks (LayerDropBack-style)
     net.blocks[3].branch[0].weight.requires_grad_(False)
     net.blocks[5].branch[3].weight.requires_grad_(False)

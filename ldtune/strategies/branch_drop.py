@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import UserError
+from .. import models
 from ..models import ResidualUnit
 from .base import Strategy
 
@@ -21,7 +22,7 @@ class BranchDrop(Strategy):
 
     def residual_units(self, model) -> list[ResidualUnit]:
         """The net's residual units; a UserError naming ``model`` if it has none."""
-        units = [b for b in model.blocks if isinstance(b, ResidualUnit)]
+        units = models.residual_units(model)
         if not units:
             raise UserError("model", f"{self.name} needs residual units; {model.arch or 'this net'} has none")
         return units
