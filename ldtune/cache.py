@@ -22,6 +22,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterator
@@ -32,6 +34,7 @@ import torch
 from .data import Batch
 
 TIERS = ("device", "host", "disk")
+PREFETCH = 3  # batches gathered ahead off the device tier, one worker thread each
 
 
 def available_ram() -> int:
@@ -89,11 +92,15 @@ class _Store:
         """Rows ``idx`` (a CPU tensor for host/disk, on the device for ``device``)."""
         if self.tier == "device":
             return self.t[idx]
+        if self.tier == "disk" and self.device.type != "cuda":
+            return torch.from_numpy(self.m[idx.numpy()])
+        # into pinned memory, so that the copy to the device is asynchronous
+        buf = torch.empty((idx.numel(), *self.shape[1:]), dtype=torch.float32, pin_memory=True)
         if self.tier == "host":
-            buf = torch.empty((idx.numel(), *self.shape[1:]), dtype=torch.float32, pin_memory=True)
             torch.index_select(self.t, 0, idx, out=buf)
-            return buf.to(self.device, non_blocking=True)
-        return torch.from_numpy(self.m[idx.numpy()]).to(self.device)
+        else:
+            np.take(self.m, idx.numpy(), axis=0, out=buf.numpy())
+        return buf.to(self.device, non_blocking=True)
 
     def close(self) -> None:
         self.t = None
@@ -208,19 +215,31 @@ class FeatureCache:
     # ---------------------------------------------------------------- reading
     def batches(self, batch_size: int, gen: torch.Generator) -> Iterator[Batch]:
         """One epoch of shuffled batches; the last partial batch is dropped. On the disk tier a
-        batch's rows are read in ascending order (the same set of samples, faster reads)."""
+        batch's rows are read in ascending order (the same set of samples, faster reads).
+
+        Off the device tier, worker threads gather the next ``PREFETCH`` batches (index_select
+        into pinned memory and its copy to the device, or the memmap read) while the caller
+        trains on this one: the gathers release the GIL, so they overlap the step and each other
+        instead of stalling it. The batches and their order are the same either way."""
         n = self.num_samples
         perm = torch.randperm(n, generator=gen, device=gen.device)
-        on_device = self.tier == "device"
-        if on_device:
+        if self.tier == "device":
             perm = perm.to(self.device)
-        for s in range(0, n - batch_size + 1, batch_size):
-            idx = perm[s:s + batch_size]
-            if self.tier == "disk":
-                idx = idx.sort().values
-            x = self.store.gather(idx)
-            dev_idx = idx if on_device else idx.to(self.device, non_blocking=True)
-            yield Batch(x, self.labels[dev_idx], dev_idx)
+            for s in range(0, n - batch_size + 1, batch_size):
+                idx = perm[s:s + batch_size]
+                yield Batch(self.store.gather(idx), self.labels[idx], idx)
+            return
+        idxs = [perm[s:s + batch_size] for s in range(0, n - batch_size + 1, batch_size)]
+        if self.tier == "disk":
+            idxs = [idx.sort().values for idx in idxs]
+        with ThreadPoolExecutor(max_workers=PREFETCH, thread_name_prefix="ldtune-cache") as pool:
+            pending = deque(pool.submit(self.store.gather, idx) for idx in idxs[:PREFETCH])
+            for i, idx in enumerate(idxs):
+                x = pending.popleft().result()
+                if i + PREFETCH < len(idxs):
+                    pending.append(pool.submit(self.store.gather, idxs[i + PREFETCH]))
+                dev_idx = idx.to(self.device, non_blocking=True)
+                yield Batch(x, self.labels[dev_idx], dev_idx)
 
     def close(self) -> None:
         if self.store is not None:

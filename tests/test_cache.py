@@ -113,3 +113,27 @@ def test_a_run_uses_the_disk_tier_in_its_workdir_and_cleans_up(data, tmp_path, m
     assert r.epochs[1]["cache_bytes"] == N * 4 * 28 * 28 * 4
     assert seen[0] == [] and len(seen[1]) == 1 and seen[1][0].endswith(".f32")  # the file, during the run
     assert not list(tmp_path.iterdir())  # removed when the run ends
+
+
+def test_disk_tier_batches_match_the_device_tier_batch_for_batch(data, net, tmp_path):
+    """The disk tier gathers batches ahead on worker threads: same batches, same order (each
+    batch's rows ascending), including when the consumer stops early."""
+    ref = FeatureCache("cpu")
+    ref.build(net.blocks, data, 2)
+    disk = FeatureCache("cpu", workdir=tmp_path, device_budget=0)
+    disk.build(net.blocks, data, 2)
+    assert disk.tier == "disk"
+    got = list(disk.batches(50, torch.Generator().manual_seed(7)))
+    want = list(ref.batches(50, torch.Generator().manual_seed(7)))
+    assert len(got) == len(want) == N // 50
+    for g, w in zip(got, want):
+        order = w.idx.argsort()
+        assert torch.equal(g.idx, w.idx[order])
+        assert torch.equal(g.x, w.x[order]) and torch.equal(g.y, w.y[order])
+    it = disk.batches(50, torch.Generator().manual_seed(7))
+    first = next(it)
+    it.close()  # abandons the epoch: the worker's pending gather is awaited, nothing leaks
+    assert torch.equal(first.x, got[0].x)
+    disk.close()
+    ref.close()
+    assert not list(tmp_path.iterdir())
