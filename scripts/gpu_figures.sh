@@ -59,6 +59,11 @@ for s in ${STEPS:-env smoke bench_resnet18 tp_resnet18 bench_vgg tp_vgg}; do
              --set learn_drop.warmup_epochs=1 --set freezing.warmup_epochs=1 --json ;;
     bench_dd56) step bench_dd56 150 $py -m ldtune bench --model resnet56 --width 8 $w32 $bench \
              --strategies depth_dropout --set depth_dropout.p=0.5 --json ;;
+    # Learn&Drop's feature cache forced into each tier through the budgets, one process per tier
+    tiers) step tiers 330 bash -c "for t in device host disk; do echo tier \$t; \
+             LDTUNE_CACHE_DEVICE_BYTES=\$([ \$t = device ] || echo 1) LDTUNE_CACHE_HOST_BYTES=\$([ \$t = disk ] && echo 1) \
+             $py -m ldtune bench --model resnet18 $w32 $bench --strategies learn_drop --set learn_drop.warmup_epochs=1; \
+             done" ;;
     *) echo "unknown step $s" >&2; exit 2 ;;
   esac
 done
