@@ -47,14 +47,17 @@ def test_bench_reports_savings_against_the_median_baseline(capsys, one_thread):
 
 
 def test_bench_names_the_cache_tier_and_no_width_for_fixed_width_nets(capsys, one_thread):
+    # FreezeOut freezes on a fixed schedule, so a prefix is cached whatever the numerics (Learn&Drop's
+    # score-based choice dropped nothing here under torch 2.11 on another machine)
     rc = cli.main(["bench", *TINY, "--model", "vgg11_bn", "--image-size", "32", "--repeats", "1",
-                   "--epochs", "3", "--strategies", "learn_drop", "--set", "learn_drop.warmup_epochs=1", "--json"])
+                   "--epochs", "3", "--strategies", "freezeout", "--set", "freezeout.t0=0.3",
+                   "--set", "freezeout.cache=true", "--json"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     report = json.loads(out.strip().splitlines()[-1])
     assert report["width"] is None and "width" not in err.splitlines()[-5]  # --width means nothing to a VGG
     row = report["rows"][1]
-    assert row["strategy"] == "learn_drop" and row["cache_tier"] == "device" and "cache: device" in err
+    assert row["strategy"] == "freezeout" and row["cache_tier"] == "device" and "cache: device" in err
 
 
 def test_table_marks_time_savings_within_the_baselines_spread():
