@@ -197,8 +197,13 @@ def _tensors(xtr, ytr, xte, yte, mean=None, std=None):
     xtr, xte = to_t(xtr), to_t(xte)
     scale = 255.0 if xtr.max() > 1.5 else 1.0
     xtr, xte = xtr / scale, xte / scale
-    mean = xtr.mean(dim=(0, 2, 3), keepdim=True) if mean is None else mean
-    std = xtr.std(dim=(0, 2, 3), keepdim=True) if std is None else std
+    # stats in float64: a float32 sum's rounding depends on how many threads split it, and the data
+    # (hence every seeded run) would differ in the last bit between machines with different core counts
+    if mean is None or std is None:
+        chans = (xtr[:, c].double() for c in range(xtr.shape[1]))  # one channel at a time: less memory
+        stats = torch.tensor([[c.mean().item(), c.std().item()] for c in chans], dtype=torch.float32)
+        mean = stats[:, 0].view(1, -1, 1, 1) if mean is None else mean
+        std = stats[:, 1].view(1, -1, 1, 1) if std is None else std
     return ((xtr - mean) / std, torch.tensor(np.array(ytr)).long(), (xte - mean) / std, torch.tensor(np.array(yte)).long(),
             (-mean / std).flatten())
 
