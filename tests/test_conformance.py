@@ -10,6 +10,7 @@ to ``ldtune train --set`` exits 2 naming the field.
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -20,10 +21,13 @@ from ldtune.data import trim_test_set
 from ldtune.data import load
 from ldtune.models import ResidualUnit
 from ldtune.strategies import REGISTRY, Strategy, create
-from ldtune.train import Workload, evaluate, fit
+from ldtune.train import Workload, autocast_for, evaluate, fit
 
 NAMES = sorted(REGISTRY)
-WORKLOAD = dict(model="resnet20", width=4, dataset="fashion_mnist", subset=384, epochs=2, batch_size=64, seed=3)
+# LDTUNE_TEST_DEVICE=cuda runs the suite on a GPU (CI runs it on the CPU)
+DEVICE = os.environ.get("LDTUNE_TEST_DEVICE", "cpu")
+WORKLOAD = dict(model="resnet20", width=4, dataset="fashion_mnist", subset=384, epochs=2, batch_size=64, seed=3,
+                device=DEVICE)
 # settings that let a 2-epoch run reach the phase where a strategy skips work; used only where the
 # strategy has that hyperparameter
 MEASURE_EVERY = 3  # steps: FlopCounterMode watches steps 1, 4, 7, ... of each epoch
@@ -39,7 +43,7 @@ def data():
     # one intra-op thread: on a busy 2-core machine two threads spin against each other (10x slower)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield trim_test_set(load("fashion_mnist", subset=WORKLOAD["subset"], seed=WORKLOAD["seed"]), 500)
+    yield trim_test_set(load("fashion_mnist", subset=WORKLOAD["subset"], seed=WORKLOAD["seed"], device=DEVICE), 500)
     torch.set_num_threads(threads)
 
 
@@ -141,7 +145,7 @@ class TestConformance:
         parts |= {f"branch{i}": b.branch for i, b in enumerate(model.blocks) if isinstance(b, ResidualUnit)}
         hooks = [m.register_forward_hook(lambda m, i, o, k=k: ran.add(k)) for k, m in parts.items()]
         try:
-            acc = evaluate(model, data)
+            acc = evaluate(model, data, autocast_for(torch.device(DEVICE)))  # as the loop evaluates (bf16 on CUDA)
         finally:
             for h in hooks:
                 h.remove()
