@@ -2,6 +2,9 @@
 through more blocks (across tiers), batches that cover the training set, files removed at close."""
 from __future__ import annotations
 
+import copy
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -115,25 +118,34 @@ def test_a_run_uses_the_disk_tier_in_its_workdir_and_cleans_up(data, tmp_path, m
     assert not list(tmp_path.iterdir())  # removed when the run ends
 
 
-def test_disk_tier_batches_match_the_device_tier_batch_for_batch(data, net, tmp_path):
-    """The disk tier gathers batches ahead on worker threads: same batches, same order (each
-    batch's rows ascending), including when the consumer stops early."""
-    ref = FeatureCache("cpu")
-    ref.build(net.blocks, data, 2)
-    disk = FeatureCache("cpu", workdir=tmp_path, device_budget=0)
-    disk.build(net.blocks, data, 2)
-    assert disk.tier == "disk"
-    got = list(disk.batches(50, torch.Generator().manual_seed(7)))
+
+# LDTUNE_TEST_DEVICE=cuda checks the pinned-host tier too (CI has no GPU: device and disk there)
+DEVICE = os.environ.get("LDTUNE_TEST_DEVICE", "cpu")
+BUDGETS = {"disk": dict(device_budget=0, host_budget=0)} | ({"host": dict(device_budget=0)} if DEVICE == "cuda" else {})
+
+
+@pytest.mark.parametrize("tier", sorted(BUDGETS))
+def test_off_device_tiers_give_the_device_tiers_batches(tier, data, net, tmp_path):
+    """Off the device tier, batches are gathered ahead on worker threads: the same batches in the
+    same order (on the disk tier each batch's rows ascending), also when the consumer stops early."""
+    dev_net = copy.deepcopy(net).to(DEVICE)  # the module's net stays on the CPU for the other tests
+    dev_data = load_data(Workload(dataset="fashion_mnist", subset=N, device=DEVICE))
+    ref = FeatureCache(DEVICE)
+    ref.build(dev_net.blocks, dev_data, 2)
+    c = FeatureCache(DEVICE, workdir=tmp_path, **BUDGETS[tier])
+    c.build(dev_net.blocks, dev_data, 2)
+    assert (ref.tier, c.tier) == ("device", tier)
+    got = list(c.batches(50, torch.Generator().manual_seed(7)))
     want = list(ref.batches(50, torch.Generator().manual_seed(7)))
     assert len(got) == len(want) == N // 50
     for g, w in zip(got, want):
-        order = w.idx.argsort()
-        assert torch.equal(g.idx, w.idx[order])
+        order = w.idx.argsort() if tier == "disk" else torch.arange(len(w.idx), device=w.idx.device)
+        assert g.x.device == w.x.device and torch.equal(g.idx, w.idx[order])
         assert torch.equal(g.x, w.x[order]) and torch.equal(g.y, w.y[order])
-    it = disk.batches(50, torch.Generator().manual_seed(7))
+    it = c.batches(50, torch.Generator().manual_seed(7))
     first = next(it)
-    it.close()  # abandons the epoch: the worker's pending gather is awaited, nothing leaks
+    it.close()  # abandons the epoch: the workers' pending gathers are awaited, nothing leaks
     assert torch.equal(first.x, got[0].x)
-    disk.close()
+    c.close()
     ref.close()
     assert not list(tmp_path.iterdir())
