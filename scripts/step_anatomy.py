@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/step_anatomy.py --model resnet20 --width 8
     .venv/bin/python scripts/step_anatomy.py --model resnet56 --width 8
+    .venv/bin/python scripts/step_anatomy.py --model resnet20 --width 8 --profile 10   # + time by kind of op
     python scripts/step_anatomy.py --model resnet18 --image-size 32 --batch-size 256 --device cuda
 
 Times one SGD step (forward, backward, update; batch of random one-channel images, channels last,
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per variant per round")
+    ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                    help="also profile this many steps of the plain net and print its time by kind of op")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
@@ -165,7 +168,44 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
         eff = f"{ts / fs:.2f}" if fs >= 0.05 else "-"
         print(f"{n:<18}{t:>9.1f}{ts:>12.1%}{fs:>13.1%}{eff:>12}" + (f"{mallocs[n]:>13}" if cuda else ""))
         out[n] = (ts, fs)
+    if a.profile:
+        shares = profile(lambda: run("plain", a.profile), cuda)
+        print(f"plain net, {a.profile} profiled steps: share of {'GPU' if cuda else 'CPU'} time by kind of op "
+              "(the profiler's own overhead inflates the many small ops)")
+        print("  ".join(f"{k} {v:.1%}" for k, v in shares.items()))
+        out["profile"] = shares
     return out
+
+
+def kind_of(op: str) -> str:
+    """The kind of an aten op (name without ``aten::``) for the profile's summary."""
+    if "conv" in op:
+        return "conv"
+    if "batch_norm" in op:
+        return "batch norm"
+    if op.startswith(("relu", "threshold", "clamp")):
+        return "relu"
+    if op in ("mm", "addmm", "bmm"):
+        return "gemm"
+    if op.startswith("add"):
+        return "add"
+    return "other"
+
+
+def profile(steps, cuda: bool) -> dict[str, float]:
+    """Share of self time by kind of op over ``steps()``: aten ops only (autograd and optimizer
+    wrappers are left out; the ops they call are counted themselves)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch_profile(activities=acts) as prof:
+        steps()
+    totals = dict.fromkeys(["conv", "batch norm", "relu", "add", "gemm", "other"], 0.0)
+    for e in prof.key_averages():
+        if e.key.startswith("aten::"):
+            totals[kind_of(e.key[len("aten::"):])] += e.self_device_time_total if cuda else e.self_cpu_time_total
+    whole = sum(totals.values()) or 1.0
+    return {k: v / whole for k, v in totals.items()}
 
 
 if __name__ == "__main__":

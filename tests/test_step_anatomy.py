@@ -4,7 +4,9 @@ import pytest
 
 def test_step_anatomy_variants_count_what_they_skip(load_script, capsys):
     rows = load_script("step_anatomy").main(["--model", "resnet20", "--width", "4", "--batch-size", "8",
-                                             "--rounds", "1", "--steps", "1"])
+                                             "--rounds", "1", "--steps", "1", "--profile", "1"])
+    shares = rows.pop("profile")
+    assert sum(shares.values()) == pytest.approx(1.0) and shares["conv"] > 0 and shares["batch norm"] > 0
     assert list(rows) == ["plain", "stage 1", "stage 2", "stage 3", "half off", "half fixed", "dd all on",
                           "dd half off", "no weight grads"]
     fs = {n: f for n, (_, f) in rows.items()}
