@@ -169,9 +169,11 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
         print(f"{n:<18}{t:>9.1f}{ts:>12.1%}{fs:>13.1%}{eff:>12}" + (f"{mallocs[n]:>13}" if cuda else ""))
         out[n] = (ts, fs)
     if a.profile:
-        shares = profile(lambda: run("plain", a.profile), cuda)
+        shares, busy_us = profile(lambda: run("plain", a.profile), cuda)
         print(f"plain net, {a.profile} profiled steps: share of {'GPU' if cuda else 'CPU'} time by kind of op "
               "(the profiler's own overhead inflates the many small ops)")
+        if cuda:  # kernel time against the step's time: how much of the step the GPU computes at all
+            print(f"GPU busy {busy_us / a.profile / 1e3:.1f} ms of each {base_t:.1f} ms step")
         print("  ".join(f"{k} {v:.1%}" for k, v in shares.items()))
         out["profile"] = shares
     return out
@@ -192,9 +194,10 @@ def kind_of(op: str) -> str:
     return "other"
 
 
-def profile(steps, cuda: bool) -> dict[str, float]:
-    """Share of self time by kind of op over ``steps()``: aten ops only (autograd and optimizer
-    wrappers are left out; the ops they call are counted themselves)."""
+def profile(steps, cuda: bool) -> tuple[dict[str, float], float]:
+    """Share of self time by kind of op over ``steps()``, and the total (microseconds; on CUDA the
+    kernels' time). Aten ops only: autograd and optimizer wrappers are left out, and the ops they
+    call are counted themselves."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -205,7 +208,7 @@ def profile(steps, cuda: bool) -> dict[str, float]:
         if e.key.startswith("aten::"):
             totals[kind_of(e.key[len("aten::"):])] += e.self_device_time_total if cuda else e.self_cpu_time_total
     whole = sum(totals.values()) or 1.0
-    return {k: v / whole for k, v in totals.items()}
+    return {k: v / whole for k, v in totals.items()}, whole
 
 
 if __name__ == "__main__":
