@@ -92,7 +92,8 @@ def flops(net, hook, size: int, steps: int = 64) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
-    """Print the table; return {variant: (time_saved, flops_saved)}."""
+    """Print the table; return {variant: (time_saved, flops_saved)}, plus {"profile": shares by
+    kind of op} with ``--profile``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet20",
                     help="a residual net: a CIFAR ResNet (resnet20 ... resnet110) or resnet18/34")

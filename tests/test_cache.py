@@ -15,6 +15,9 @@ from ldtune.strategies.learn_drop import LearnDrop
 from ldtune.train import Workload, fit, load_data
 
 N = 256  # training images
+# LDTUNE_TEST_DEVICE=cuda checks the pinned-host tier too (CI has no GPU: device and disk there)
+DEVICE = os.environ.get("LDTUNE_TEST_DEVICE", "cpu")
+BUDGETS = {"disk": dict(device_budget=0, host_budget=0)} | ({"host": dict(device_budget=0)} if DEVICE == "cuda" else {})
 
 
 @pytest.fixture(scope="module")
@@ -116,12 +119,6 @@ def test_a_run_uses_the_disk_tier_in_its_workdir_and_cleans_up(data, tmp_path, m
     assert r.epochs[1]["cache_bytes"] == N * 4 * 28 * 28 * 4
     assert seen[0] == [] and len(seen[1]) == 1 and seen[1][0].endswith(".f32")  # the file, during the run
     assert not list(tmp_path.iterdir())  # removed when the run ends
-
-
-
-# LDTUNE_TEST_DEVICE=cuda checks the pinned-host tier too (CI has no GPU: device and disk there)
-DEVICE = os.environ.get("LDTUNE_TEST_DEVICE", "cpu")
-BUDGETS = {"disk": dict(device_budget=0, host_budget=0)} | ({"host": dict(device_budget=0)} if DEVICE == "cuda" else {})
 
 
 @pytest.mark.parametrize("tier", sorted(BUDGETS))
