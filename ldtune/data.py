@@ -189,7 +189,7 @@ def _split(x: np.ndarray, y: np.ndarray, test_frac: float, seed: int = 0):
     return x[~test], y[~test], x[test], y[test]
 
 
-def _tensors(xtr, ytr, xte, yte, mean=None, std=None):
+def _tensors(xtr, ytr, xte, yte):
     """uint8/float NHW or NHWC arrays -> normalized float NCHW tensors (stats from the train set)."""
     def to_t(a):
         t = torch.from_numpy(np.array(a, dtype=np.float32))  # a writable copy
@@ -199,11 +199,9 @@ def _tensors(xtr, ytr, xte, yte, mean=None, std=None):
     xtr, xte = xtr / scale, xte / scale
     # stats in float64: a float32 sum's rounding depends on how many threads split it, and the data
     # (hence every seeded run) would differ in the last bit between machines with different core counts
-    if mean is None or std is None:
-        chans = (xtr[:, c].double() for c in range(xtr.shape[1]))  # one channel at a time: less memory
-        stats = torch.tensor([[c.mean().item(), c.std().item()] for c in chans], dtype=torch.float32)
-        mean = stats[:, 0].view(1, -1, 1, 1) if mean is None else mean
-        std = stats[:, 1].view(1, -1, 1, 1) if std is None else std
+    chans = (xtr[:, c].double() for c in range(xtr.shape[1]))  # one channel at a time: less memory
+    stats = torch.tensor([[c.mean().item(), c.std().item()] for c in chans], dtype=torch.float32)
+    mean, std = stats[:, 0].view(1, -1, 1, 1), stats[:, 1].view(1, -1, 1, 1)
     return ((xtr - mean) / std, torch.tensor(np.array(ytr)).long(), (xte - mean) / std, torch.tensor(np.array(yte)).long(),
             (-mean / std).flatten())
 
