@@ -4,13 +4,18 @@ The loop builds it when a strategy's plan first serves blocks from the cache, an
 through newly frozen blocks (never recomputing from the images). Batches are then read from it
 by training-set index.
 
-Tiers, chosen at every build/advance from the size of the maps (float32, all training samples):
+The maps are stored in the dtype the prefix produced them in: float32, or bf16 under the CUDA
+loop's autocast. So the cache holds exactly what the frozen prefix would hand the next block (an
+upcast copy would change what an identity shortcut adds downstream) in half the bytes there.
+
+Tiers, chosen at every build/advance from the size of the maps (all training samples):
 
 * ``device``: one tensor on the training device, if it fits ``device_budget`` bytes;
 * ``host``: pinned host memory (CUDA devices only), if it fits ``host_budget`` bytes; batches are
   gathered into pinned buffers and copied to the device asynchronously;
-* ``disk``: a raw float32 ``np.memmap`` file in the run's ``workdir`` (or a temporary directory),
-  removed by ``close()``. Raw arrays only: nothing is pickled or unpickled.
+* ``disk``: a raw ``np.memmap`` file in the run's ``workdir`` (or a temporary directory), removed
+  by ``close()``; bf16 rows are kept as their raw 16-bit words. Raw arrays only: nothing is
+  pickled or unpickled.
 
 Default budgets: half the free device memory (CUDA) or half the available RAM (CPU, where device
 memory is host memory and there is no separate pinned tier) for ``device``; a quarter of the
@@ -57,35 +62,46 @@ def _env_bytes(name: str) -> int | None:
     return int(float(v)) if v not in (None, "") else None
 
 
-class _Store:
-    """Rows of float32 maps in one tier; reads return tensors on ``device``."""
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor as a numpy array sharing its memory; bf16 (which numpy lacks) as raw uint16 words."""
+    return (t.view(torch.uint16) if t.dtype == torch.bfloat16 else t).numpy()
 
-    def __init__(self, tier: str, shape: tuple[int, ...], device: torch.device, path: Path | None = None):
-        self.tier, self.shape, self.device, self.path = tier, shape, device, path
+
+class _Store:
+    """Rows of maps of one dtype in one tier; reads return tensors on ``device``."""
+
+    def __init__(self, tier: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+                 path: Path | None = None):
+        self.tier, self.shape, self.dtype, self.device, self.path = tier, shape, dtype, device, path
         self.t: torch.Tensor | None = None
         self.m: np.memmap | None = None
         if tier == "device":
-            self.t = torch.empty(shape, dtype=torch.float32, device=device)
+            self.t = torch.empty(shape, dtype=dtype, device=device)
         elif tier == "host":
-            self.t = torch.empty(shape, dtype=torch.float32, pin_memory=True)
+            self.t = torch.empty(shape, dtype=dtype, pin_memory=True)
         else:
-            self.m = np.memmap(path, dtype=np.float32, mode="w+", shape=shape)
+            self.m = np.memmap(path, dtype=_numpy(torch.empty(0, dtype=dtype)).dtype, mode="w+", shape=shape)
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape)) * 4
+        return int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        """Rows read from the memmap as a tensor of the store's dtype (no copy)."""
+        t = torch.from_numpy(a)
+        return t.view(self.dtype) if t.dtype != self.dtype else t
 
     def write(self, lo: int, x: torch.Tensor) -> None:
-        """Rows lo .. lo+len(x)."""
+        """Rows lo .. lo+len(x), bit for bit."""
         hi = lo + x.shape[0]
         if self.m is not None:
-            self.m[lo:hi] = x.detach().float().cpu().numpy()
+            self.m[lo:hi] = _numpy(x.detach().cpu())
         else:
-            self.t[lo:hi].copy_(x.detach().float())
+            self.t[lo:hi].copy_(x.detach())
 
     def rows(self, lo: int, hi: int) -> torch.Tensor:
         if self.m is not None:
-            return torch.from_numpy(np.ascontiguousarray(self.m[lo:hi])).to(self.device)
+            return self._tensor(np.ascontiguousarray(self.m[lo:hi])).to(self.device)
         return self.t[lo:hi].to(self.device, non_blocking=True)
 
     def gather(self, idx: torch.Tensor) -> torch.Tensor:
@@ -93,13 +109,13 @@ class _Store:
         if self.tier == "device":
             return self.t[idx]
         if self.tier == "disk" and self.device.type != "cuda":
-            return torch.from_numpy(self.m[idx.numpy()])
+            return self._tensor(self.m[idx.numpy()])
         # into pinned memory, so that the copy to the device is asynchronous
-        buf = torch.empty((idx.numel(), *self.shape[1:]), dtype=torch.float32, pin_memory=True)
+        buf = torch.empty((idx.numel(), *self.shape[1:]), dtype=self.dtype, pin_memory=True)
         if self.tier == "host":
             torch.index_select(self.t, 0, idx, out=buf)
         else:
-            np.take(self.m, idx.numpy(), axis=0, out=buf.numpy())
+            np.take(self.m, idx.numpy(), axis=0, out=_numpy(buf))
         return buf.to(self.device, non_blocking=True)
 
     def close(self) -> None:
@@ -139,7 +155,7 @@ class FeatureCache:
     def features(self) -> torch.Tensor:
         """The cached maps as one tensor, without copying: on the device, in pinned host memory, or
         (disk tier) a CPU view of the memory-mapped file."""
-        return self.store.t if self.store.m is None else torch.from_numpy(self.store.m)
+        return self.store.t if self.store.m is None else self.store._tensor(self.store.m)
 
     def choose_tier(self, nbytes: int) -> str:
         cuda = self.device.type == "cuda"
@@ -160,8 +176,10 @@ class FeatureCache:
                 return "host"
         return "disk"
 
-    def _new_store(self, shape: tuple[int, ...]) -> _Store:
-        tier = self.choose_tier(int(np.prod(shape)) * 4)
+    def _new_store(self, like: torch.Tensor, n: int) -> _Store:
+        """A store for ``n`` rows shaped and typed like ``like``'s."""
+        shape, dtype = (n, *like.shape[1:]), like.dtype
+        tier = self.choose_tier(int(np.prod(shape)) * dtype.itemsize)
         path = None
         if tier == "disk":
             if self.workdir is None:
@@ -169,8 +187,9 @@ class FeatureCache:
                 self.workdir = Path(self._tmpdir)
             self.workdir.mkdir(parents=True, exist_ok=True)
             self._files += 1
-            path = self.workdir / f"feature-cache-{os.getpid()}-{id(self)}-{self._files}.f32"
-        return _Store(tier, shape, self.device, path)
+            suffix = str(dtype).removeprefix("torch.")
+            path = self.workdir / f"feature-cache-{os.getpid()}-{id(self)}-{self._files}.{suffix}"
+        return _Store(tier, shape, dtype, self.device, path)
 
     # ---------------------------------------------------------------- filling
     @torch.no_grad()
@@ -188,7 +207,7 @@ class FeatureCache:
                 for blk in blocks[:depth]:
                     x = blk(x)
             if self.store is None:
-                self.store = self._new_store((data.num_train, *x.shape[1:]))
+                self.store = self._new_store(x, data.num_train)
             self.store.write(lo, x)
             labels[lo:lo + x.shape[0]] = b.y.to(self.device)
             lo += x.shape[0]
@@ -207,7 +226,7 @@ class FeatureCache:
                 for blk in blocks[self.depth:depth]:
                     x = blk(x)
             if new is None:
-                new = self._new_store((n, *x.shape[1:]))
+                new = self._new_store(x, n)
             new.write(lo, x)
         old.close()
         self.store, self.depth = new, depth

@@ -1,5 +1,6 @@
 """The tiered feature cache: tier choice, exact round trips through the memmap tier, advancing
-through more blocks (across tiers), batches that cover the training set, files removed at close."""
+through more blocks (across tiers), batches that cover the training set, files removed at close,
+and maps kept in the dtype the prefix made them in (bf16 under autocast)."""
 from __future__ import annotations
 
 import copy
@@ -117,7 +118,7 @@ def test_a_run_uses_the_disk_tier_in_its_workdir_and_cleans_up(data, tmp_path, m
     assert r.status == "ok"
     assert [e["cache_tier"] for e in r.epochs] == ["none", "disk"]
     assert r.epochs[1]["cache_bytes"] == N * 4 * 28 * 28 * 4
-    assert seen[0] == [] and len(seen[1]) == 1 and seen[1][0].endswith(".f32")  # the file, during the run
+    assert seen[0] == [] and len(seen[1]) == 1 and seen[1][0].endswith(".float32")  # the file, during the run
     assert not list(tmp_path.iterdir())  # removed when the run ends
 
 
@@ -145,4 +146,35 @@ def test_off_device_tiers_give_the_device_tiers_batches(tier, data, net, tmp_pat
     assert torch.equal(first.x, got[0].x)
     c.close()
     ref.close()
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("tier", ["device"] + sorted(BUDGETS))
+def test_under_autocast_the_cache_holds_the_prefix_output_bit_for_bit(tier, data, net, tmp_path):
+    """Under bf16 autocast (the CUDA loop's; here the CPU's) a prefix hands the next block bf16 maps.
+    The cache keeps them as such, in half the bytes of float32, and the rest of the net run from
+    cached maps gives exactly what it gives from the images (an upcast copy would not: an identity
+    shortcut would then add in float32)."""
+    dev_net = copy.deepcopy(net).to(DEVICE)
+    dev_data = load_data(Workload(dataset="fashion_mnist", subset=N, device=DEVICE))
+    autocast = lambda: torch.autocast(DEVICE, dtype=torch.bfloat16)  # noqa: E731
+    depth = 2  # the next block is a residual unit with an identity shortcut
+    c = FeatureCache(DEVICE, workdir=tmp_path, **BUDGETS.get(tier, {}))
+    c.build(dev_net.blocks, dev_data, depth, autocast=autocast)
+    assert c.tier == tier and c.features.dtype == torch.bfloat16
+    assert c.nbytes == N * per_sample_bytes(net, data, depth) // 2
+    x = dev_data.train_x[:N]  # one batch, as the build ran it
+    with torch.no_grad(), autocast():
+        prefix = dev_net.blocks[0](x)
+        for b in dev_net.blocks[1:depth]:
+            prefix = b(prefix)
+        want = dev_net(x)
+        got = dev_net.forward_from(c.features.to(DEVICE), depth)
+    assert torch.equal(c.features.to(DEVICE), prefix)
+    assert torch.equal(got, want)
+    batch = next(iter(c.batches(50, torch.Generator().manual_seed(1))))
+    assert batch.x.dtype == torch.bfloat16 and torch.equal(batch.x, prefix[batch.idx])
+    c.advance(dev_net.blocks, depth + 2, autocast=autocast)  # a deeper prefix stays bf16 too
+    assert c.features.dtype == torch.bfloat16
+    c.close()
     assert not list(tmp_path.iterdir())
