@@ -4,6 +4,7 @@ and maps kept in the dtype the prefix made them in (bf16 under autocast)."""
 from __future__ import annotations
 
 import copy
+import functools
 import os
 
 import numpy as np
@@ -157,7 +158,7 @@ def test_under_autocast_the_cache_holds_the_prefix_output_bit_for_bit(tier, data
     shortcut would then add in float32)."""
     dev_net = copy.deepcopy(net).to(DEVICE)
     dev_data = load_data(Workload(dataset="fashion_mnist", subset=N, device=DEVICE))
-    autocast = lambda: torch.autocast(DEVICE, dtype=torch.bfloat16)  # noqa: E731
+    autocast = functools.partial(torch.autocast, DEVICE, dtype=torch.bfloat16)
     depth = 2  # the next block is a residual unit with an identity shortcut
     c = FeatureCache(DEVICE, workdir=tmp_path, **BUDGETS.get(tier, {}))
     c.build(dev_net.blocks, dev_data, depth, autocast=autocast)
