@@ -64,6 +64,9 @@ for s in ${STEPS:-env smoke bench_resnet18 tp_resnet18 bench_vgg tp_vgg}; do
              LDTUNE_CACHE_DEVICE_BYTES=\$([ \$t = device ] || echo 1) LDTUNE_CACHE_HOST_BYTES=\$([ \$t = disk ] && echo 1) \
              $py -m ldtune bench --model resnet18 $w32 $bench --strategies learn_drop --set learn_drop.warmup_epochs=1; \
              done" ;;
+    # the conformance suite and the cache tests on the device (pinned tier, bf16 caches); needs pytest
+    tests) step tests 300 env LDTUNE_TEST_DEVICE=${DEVICE:-cuda} $py -m pytest -q tests/test_conformance.py \
+             tests/test_cache.py ;;
     *) echo "unknown step $s" >&2; exit 2 ;;
   esac
 done
