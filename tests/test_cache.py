@@ -37,6 +37,12 @@ def net():
     return m
 
 
+@pytest.fixture(scope="module")
+def on_device(net):
+    """(net, data) on DEVICE; the module's ``net`` and ``data`` stay on the CPU for the other tests."""
+    return copy.deepcopy(net).to(DEVICE), load_data(Workload(dataset="fashion_mnist", subset=N, device=DEVICE))
+
+
 def per_sample_bytes(net, data, depth):
     x = data.train_x[:1]
     for b in net.blocks[:depth]:
@@ -124,11 +130,10 @@ def test_a_run_uses_the_disk_tier_in_its_workdir_and_cleans_up(data, tmp_path, m
 
 
 @pytest.mark.parametrize("tier", sorted(BUDGETS))
-def test_off_device_tiers_give_the_device_tiers_batches(tier, data, net, tmp_path):
+def test_off_device_tiers_give_the_device_tiers_batches(tier, on_device, tmp_path):
     """Off the device tier, batches are gathered ahead on worker threads: the same batches in the
     same order (on the disk tier each batch's rows ascending), also when the consumer stops early."""
-    dev_net = copy.deepcopy(net).to(DEVICE)  # the module's net stays on the CPU for the other tests
-    dev_data = load_data(Workload(dataset="fashion_mnist", subset=N, device=DEVICE))
+    dev_net, dev_data = on_device
     ref = FeatureCache(DEVICE)
     ref.build(dev_net.blocks, dev_data, 2)
     c = FeatureCache(DEVICE, workdir=tmp_path, **BUDGETS[tier])
@@ -151,13 +156,12 @@ def test_off_device_tiers_give_the_device_tiers_batches(tier, data, net, tmp_pat
 
 
 @pytest.mark.parametrize("tier", ["device"] + sorted(BUDGETS))
-def test_under_autocast_the_cache_holds_the_prefix_output_bit_for_bit(tier, data, net, tmp_path):
+def test_under_autocast_the_cache_holds_the_prefix_output_bit_for_bit(tier, on_device, data, net, tmp_path):
     """Under bf16 autocast (the CUDA loop's; here the CPU's) a prefix hands the next block bf16 maps.
     The cache keeps them as such, in half the bytes of float32, and the rest of the net run from
     cached maps gives exactly what it gives from the images (an upcast copy would not: an identity
     shortcut would then add in float32)."""
-    dev_net = copy.deepcopy(net).to(DEVICE)
-    dev_data = load_data(Workload(dataset="fashion_mnist", subset=N, device=DEVICE))
+    dev_net, dev_data = on_device
     autocast = functools.partial(torch.autocast, DEVICE, dtype=torch.bfloat16)
     depth = 2  # the next block is a residual unit with an identity shortcut
     c = FeatureCache(DEVICE, workdir=tmp_path, **BUDGETS.get(tier, {}))
