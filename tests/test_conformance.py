@@ -28,10 +28,12 @@ NAMES = sorted(REGISTRY)
 DEVICE = os.environ.get("LDTUNE_TEST_DEVICE", "cpu")
 WORKLOAD = dict(model="resnet20", width=4, dataset="fashion_mnist", subset=384, epochs=2, batch_size=64, seed=3,
                 device=DEVICE)
-# settings that let a 2-epoch run reach the phase where a strategy skips work; used only where the
-# strategy has that hyperparameter
+# settings that let a 2-epoch run reach the phase where a strategy skips work (every strategy but the
+# baseline must skip in it: test_skips_show_in_cost_accounting); used only where the strategy has
+# that hyperparameter. Learn&Drop and freezing score from the first epoch: with one warm-up epoch
+# their first selection would come after the last.
 MEASURE_EVERY = 3  # steps: FlopCounterMode watches steps 1, 4, 7, ... of each epoch
-SHORT_RUN = {"layerdropback": {"s": 1}, "learn_drop": {"warmup_epochs": 1}, "freezing": {"warmup_epochs": 1}}
+SHORT_RUN = {"layerdropback": {"s": 1}, "learn_drop": {"warmup_epochs": 0}, "freezing": {"warmup_epochs": 0}}
 
 
 def short_run_hparams(name: str) -> dict:
@@ -135,6 +137,7 @@ class TestConformance:
         assert res.status == "ok", res.error
         assert len(res.epochs) == WORKLOAD["epochs"]
         assert all(math.isfinite(r["train_loss"]) for r in res.epochs)
+        assert res.epochs[-1]["train_loss"] < res.epochs[0]["train_loss"]  # it learns, skips and all
         assert 0.0 <= res.test_accuracy <= 1.0
 
     def test_whole_net_evaluates(self, name, observed, data):
@@ -165,6 +168,8 @@ class TestConformance:
         assert res.train_flops == sum(s.epoch_flops)
         if name == "baseline":
             assert res.flops_saved == 0.0 and not any(st["skipped"] for st in s.steps)
+        else:  # the run reaches the phase where the strategy skips, and the skip is counted
+            assert any(st["skipped"] for st in s.steps) and res.flops_saved > 0, name
 
     def test_seeded_runs_repeat_exactly(self, name, observed, data):
         _, first = observed

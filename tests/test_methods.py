@@ -104,13 +104,9 @@ def test_freezeout_freezes_each_block_at_its_iteration(data, cache):
 
 
 # ---------------------------------------------------------------- Depth Dropout
-PAPER = {0.25: 0.123, 0.5: 0.346, 0.75: 0.567}  # Sec. IV-A, analytic time savings, CIFAR-10 ResNet-56
-
-
-def test_depth_dropout_paper_arithmetic():
-    """Sec. IV-A: 27 units of time tau, 3 never drop, each of 24 shortcuts costs tau / 9."""
-    for p, saving in PAPER.items():
-        assert 1 - ((1 - p) * 24 + 3 + 24 / 9) / 27 == pytest.approx(saving, abs=0.001)
+# Sec. IV-A, analytic time savings, CIFAR-10 ResNet-56: 27 units of time tau, 3 never drop, each of
+# the 24 shortcuts costs tau / 9, so saving = 1 - ((1 - p) * 24 + 3 + 24 / 9) / 27
+PAPER = {0.25: 0.123, 0.5: 0.346, 0.75: 0.567}
 
 
 @pytest.fixture(scope="module")
