@@ -32,8 +32,12 @@ def test_crop_is_a_shift_and_flip_mirrors(fmnist_small):
     assert out.shape == x.shape
     # each crop equals the zero-padded image at some offset in [0, 4]^2
     xp = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    offsets = []
     for i in range(8):
-        assert any(torch.equal(out[i], xp[i, :, a:a + 28, b:b + 28]) for a in range(5) for b in range(5))
+        fits = [(a, b) for a in range(5) for b in range(5) if torch.equal(out[i], xp[i, :, a:a + 28, b:b + 28])]
+        assert len(fits) == 1, (i, fits)
+        offsets += fits
+    assert len(set(offsets)) > 1 and offsets != [(2, 2)] * 8  # the offsets are drawn, not fixed or unshifted
     d3 = data.TensorData("t", x, d.train_y[:8], x, d.train_y[:8], 10, crop_pad=0, flip=True)
     out = d3.augment(x, torch.Generator().manual_seed(0))
     assert all(torch.equal(out[i], x[i]) or torch.equal(out[i], x[i].flip(2)) for i in range(8))
@@ -54,8 +58,12 @@ def test_digits_and_mnist5k(digits):
 
 
 def test_pad_to_32():
-    d = data.load("digits", image_size=32)
-    assert d.train_x.shape[-2:] == (32, 32)
+    d8, d = data.load("digits"), data.load("digits", image_size=32)
+    assert d.train_x.shape[-2:] == (32, 32) and d.test_x.shape[-2:] == (32, 32)
+    assert torch.allclose(d.train_x[..., 12:20, 12:20], d8.train_x, atol=1e-6)  # the image, centred
+    border = torch.ones(32, 32, dtype=torch.bool)
+    border[12:20, 12:20] = False
+    assert torch.equal(d.train_x[..., border], d.pad_value.view(1, -1, 1).expand(len(d8.train_x), -1, int(border.sum())))
 
 
 def test_bad_inputs_name_the_field(tmp_path):

@@ -89,6 +89,12 @@ def test_other_torchvision_nets_build_for_any_channels(name, size):
         out = net(torch.randn(2, 1, size, size))
     assert out.shape == (2, 5)
     assert len(net.blocks) > 4
+    x = torch.randn(2, 1, size, size)
+    with torch.no_grad():  # the blocks, then the head, are the whole net (what freezing and caching rely on)
+        manual = x
+        for b in net.blocks:
+            manual = b(manual)
+        assert torch.allclose(net.head(manual), net(x), atol=1e-6)
 
 
 def test_skipped_branch_is_not_computed():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import matplotlib.image as mpimg
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -57,7 +58,10 @@ def test_plot_writes_both_figures_with_a_colour_per_strategy(tmp_path, capsys):
     for strategy, rgb in palette(STRATEGIES).items():  # every strategy's colour is drawn
         assert share_of_colour(img, rgb) > 1e-4, strategy
     simg = mpimg.imread(scores)
-    assert simg.shape[1] > 300 and simg[..., :3].std() > 0.05
+    assert simg.shape[1] > 300
+    viridis, axes = plt.get_cmap("viridis"), simg[:, : int(0.8 * simg.shape[1])]  # left of the colour bar
+    for b in range(4):  # one curve per block, coloured by depth (far more pixels than its legend entry)
+        assert share_of_colour(axes, viridis(b / 3)[:3]) > 1e-3, b
 
 
 def test_plot_without_layer_scores_writes_one_file(tmp_path, capsys):

@@ -70,9 +70,11 @@ def test_optuna_distributions_match_the_space():
     import optuna
     plan = study_mod.from_dict(GOOD).plan("layerdropback")
     dists = {k: d.to_optuna() for k, d in plan.space.items()}
-    assert isinstance(dists["p"], optuna.distributions.FloatDistribution)
-    assert isinstance(dists["kappa"], optuna.distributions.FloatDistribution)
-    assert all(isinstance(d, optuna.distributions.IntDistribution) for k, d in dists.items() if k == "s")
+    kinds = {"p": optuna.distributions.FloatDistribution, "kappa": optuna.distributions.FloatDistribution,
+             "s": optuna.distributions.IntDistribution}
+    assert set(dists) == set(kinds)
+    for k, d in dists.items():
+        assert isinstance(d, kinds[k]) and (d.low, d.high) == (plan.space[k].low, plan.space[k].high), k
 
 
 BAD = [

@@ -47,13 +47,20 @@ class _FreezeTwo(Strategy):
         if epoch == 1:
             self.snapshot = [p.detach().clone() for b in self.ctx.model.blocks[:2] for p in b.parameters()]
             self.bn_state = [t.clone() for b in self.ctx.model.blocks[:2] for t in b.state_dict().values()]
+            self.later = [p.detach().clone() for p in self._later_params()]
         return EpochPlan(frozen=2 if epoch >= 1 else 0)
+
+    def _later_params(self):
+        return [p for m in [*self.ctx.model.blocks[2:], self.ctx.model.head] for p in m.parameters()]
 
 
 def test_loop_obeys_a_frozen_prefix(fmnist_small):
     s = _FreezeTwo()
     r = fit(dataclasses.replace(W, epochs=3), s, data=fmnist_small)
+    assert r.status == "ok", r.error
     model = s.ctx.model
+    assert len(s.later) == len(s._later_params())
+    assert all(not torch.equal(a, p) for a, p in zip(s.later, s._later_params()))  # the rest and the head kept training
     after = [p.detach() for b in model.blocks[:2] for p in b.parameters()]
     assert all(torch.equal(a, b) for a, b in zip(s.snapshot, after))  # no update, no momentum, no decay
     after_bn = [t for b in model.blocks[:2] for t in b.state_dict().values()]
