@@ -36,7 +36,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .data import Batch
+from .data import Batch, epoch_slices
 
 TIERS = ("device", "host", "disk")
 PREFETCH = 3  # batches gathered ahead off the device tier, one worker thread each
@@ -232,8 +232,8 @@ class FeatureCache:
         self.store, self.depth = new, depth
 
     # ---------------------------------------------------------------- reading
-    def batches(self, batch_size: int, gen: torch.Generator) -> Iterator[Batch]:
-        """One epoch of shuffled batches; the last partial batch is dropped. On the disk tier a
+    def batches(self, batch_size: int, gen: torch.Generator, images: int | None = None) -> Iterator[Batch]:
+        """One epoch of shuffled batches, sliced as ``data.epoch_slices`` says. On the disk tier a
         batch's rows are read in ascending order (the same set of samples, faster reads).
 
         Off the device tier, worker threads gather the next ``PREFETCH`` batches (index_select
@@ -244,11 +244,11 @@ class FeatureCache:
         perm = torch.randperm(n, generator=gen, device=gen.device)
         if self.tier == "device":
             perm = perm.to(self.device)
-            for s in range(0, n - batch_size + 1, batch_size):
-                idx = perm[s:s + batch_size]
+            for s, e in epoch_slices(n, batch_size, images):
+                idx = perm[s:e]
                 yield Batch(self.store.gather(idx), self.labels[idx], idx)
             return
-        idxs = [perm[s:s + batch_size] for s in range(0, n - batch_size + 1, batch_size)]
+        idxs = [perm[s:e] for s, e in epoch_slices(n, batch_size, images)]
         if self.tier == "disk":
             idxs = [idx.sort().values for idx in idxs]
         with ThreadPoolExecutor(max_workers=PREFETCH, thread_name_prefix="ldtune-cache") as pool:

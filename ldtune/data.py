@@ -34,6 +34,17 @@ class Batch:
     idx: torch.Tensor  # indices into the training set
 
 
+def epoch_slices(n: int, batch_size: int, images: int | None = None) -> list[tuple[int, int]]:
+    """[start, stop) of each batch of an epoch over ``n`` shuffled samples. ``images``: train this
+    many of them, the last batch short if ``batch_size`` does not divide it (so that an epoch at
+    another batch size trains as many images as the baseline's); None: the most that whole batches
+    hold, the last partial batch dropped."""
+    images = n - n % batch_size if images is None else images
+    if not 0 <= images <= n:
+        raise ValueError(f"images {images} not in 0..{n}")
+    return [(s, min(s + batch_size, images)) for s in range(0, images, batch_size)]
+
+
 class TensorData:
     """A dataset held as tensors on one device. Images are float, normalized, NCHW."""
 
@@ -79,12 +90,13 @@ class TensorData:
             x = torch.where(m[:, None, None, None], x.flip(3), x)
         return x
 
-    def train_batches(self, batch_size: int, gen: torch.Generator, augment: bool = True) -> Iterator[Batch]:
-        """One epoch of shuffled batches; the last partial batch is dropped (fixed step shapes)."""
-        n = self.num_train
-        perm = torch.randperm(n, generator=gen, device=gen.device).to(self.device)
-        for s in range(0, n - batch_size + 1, batch_size):
-            idx = perm[s:s + batch_size]
+    def train_batches(self, batch_size: int, gen: torch.Generator, augment: bool = True,
+                      images: int | None = None) -> Iterator[Batch]:
+        """One epoch of shuffled batches (see ``epoch_slices``: by default the last partial batch is
+        dropped, for fixed step shapes)."""
+        perm = torch.randperm(self.num_train, generator=gen, device=gen.device).to(self.device)
+        for s, e in epoch_slices(self.num_train, batch_size, images):
+            idx = perm[s:e]
             x = self.train_x[idx]
             yield Batch(self.augment(x, gen) if augment else x, self.train_y[idx], idx)
 
@@ -105,11 +117,13 @@ class TensorData:
 class LoaderData:
     """A large dataset streamed by DataLoader workers (Imagenette, ImageFolder)."""
 
-    def __init__(self, name, train_set, test_set, num_classes: int, device: str, workers: int = 4):
+    def __init__(self, name, train_set, test_set, num_classes: int, device: str, workers: int | None = None):
         self.name, self.num_classes = name, num_classes
         self.train_set, self.test_set = train_set, test_set
         self.device = torch.device(device)
-        self.workers = workers
+        # DataLoader worker processes: 4, or fewer where fewer CPUs are ours (more would only contend)
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.workers = min(4, cpus) if workers is None else workers
         x0, _ = train_set[0]
         self.in_channels, self.image_size = x0.shape[0], x0.shape[-1]
         self.num_train = len(train_set)
@@ -121,9 +135,11 @@ class LoaderData:
                           generator=torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
                           if gen is not None else None, persistent_workers=False)
 
-    def train_batches(self, batch_size, gen, augment=True):
+    def train_batches(self, batch_size, gen, augment=True, images=None):
         ds = _Indexed(self.train_set)
-        for x, y, idx in self._loader(ds, batch_size, True, gen, drop_last=True):
+        for (s, e), (x, y, idx) in zip(epoch_slices(self.num_train, batch_size, images),
+                                       self._loader(ds, batch_size, True, gen, drop_last=images is None)):
+            x, y, idx = x[:e - s], y[:e - s], idx[:e - s]  # the last of ``images`` may cut a batch short
             yield Batch(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), idx)
 
     def steps_per_epoch(self, batch_size):

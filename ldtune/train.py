@@ -213,9 +213,12 @@ def fit(w: Workload, strategy: Strategy, callback: Callable[[dict], None] | None
                     cache.advance(model.blocks, plan.cached, autocast=autocast)
                 epoch_flops += cost.forward(cached, plan.cached) * cache.num_samples
                 cached = plan.cached
+            # every epoch trains the baseline epoch's images, also at another batch size (the last
+            # batch short then), so that images left out never count as a saving
             bs = plan.batch_size or w.batch_size
-            n_steps = (cache.num_samples if cached else data.num_train) // bs
-            batches = cache.batches(bs, gen) if cached else data.train_batches(bs, gen)
+            images = steps * w.batch_size
+            n_steps = -(-images // bs)
+            batches = cache.batches(bs, gen, images) if cached else data.train_batches(bs, gen, images=images)
             loss_sum = torch.zeros((), device=dev)
             for step, b in enumerate(batches):
                 t = (epoch + step / max(n_steps, 1)) / w.epochs

@@ -25,6 +25,7 @@ import time
 import torch
 
 from ldtune import strategies
+from ldtune.data import epoch_slices
 from ldtune.train import Sync, Workload, device_name, fit, load_data
 
 
@@ -38,8 +39,8 @@ class OneBatch:
     def __getattr__(self, name):  # everything but train_batches is the real dataset's
         return getattr(self.data, name)
 
-    def train_batches(self, batch_size: int, gen: torch.Generator, augment: bool = True):
-        for _ in range(self.data.steps_per_epoch(batch_size)):
+    def train_batches(self, batch_size: int, gen: torch.Generator, augment: bool = True, images: int | None = None):
+        for _ in epoch_slices(self.data.num_train, batch_size, images):  # as many steps as the real epoch
             yield self.batch
 
 

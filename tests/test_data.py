@@ -47,6 +47,32 @@ def test_crop_is_a_shift_and_flip_mirrors(fmnist_small):
 def test_batches_cover_the_epoch_once(fmnist_small):
     seen = torch.cat([b.idx for b in fmnist_small.train_batches(100, torch.Generator().manual_seed(0))])
     assert len(seen) == 500 and len(set(seen.tolist())) == 500  # the last partial batch is dropped
+    # a given number of images (the baseline epoch's, at another batch size): the last batch is short
+    batches = list(fmnist_small.train_batches(128, torch.Generator().manual_seed(0), images=500))
+    assert [len(b.idx) for b in batches] == [128, 128, 128, 116]
+    seen = torch.cat([b.idx for b in batches])
+    assert len(set(seen.tolist())) == 500 and all(len(b.x) == len(b.y) == len(b.idx) for b in batches)
+    assert data.epoch_slices(10, 4) == [(0, 4), (4, 8)] and data.epoch_slices(10, 4, 10)[-1] == (8, 10)
+    with pytest.raises(ValueError):
+        data.epoch_slices(10, 4, 11)
+
+
+def test_image_folder_streams_batches_like_tensor_data(tmp_path):
+    from PIL import Image
+    gen = torch.Generator().manual_seed(0)
+    for split, n in (("train", 10), ("val", 2)):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n):
+                rgb = torch.randint(0, 256, (12, 12, 3), generator=gen, dtype=torch.uint8).numpy()
+                Image.fromarray(rgb).save(tmp_path / split / cls / f"{i}.png")
+    d = data.load(f"imagefolder:{tmp_path}", image_size=8)
+    assert (d.num_train, d.num_classes, d.in_channels, d.image_size) == (20, 2, 3, 8)
+    batches = list(d.train_batches(6, torch.Generator().manual_seed(1)))
+    assert [len(b.idx) for b in batches] == [6, 6, 6]  # the last partial batch is dropped
+    batches = list(d.train_batches(8, torch.Generator().manual_seed(1), images=18))
+    assert [(len(b.x), len(b.y), len(b.idx)) for b in batches] == [(8, 8, 8), (8, 8, 8), (2, 2, 2)]
+    assert len(set(torch.cat([b.idx for b in batches]).tolist())) == 18 and batches[0].x.shape[1:] == (3, 8, 8)
 
 
 def test_digits_and_mnist5k(digits):

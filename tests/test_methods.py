@@ -231,6 +231,24 @@ def test_layerdropback_selection(reading):
     assert all(p.requires_grad for p in net.parameters())
 
 
+def test_layerdropback_drop_epochs_train_the_baselines_images():
+    """At kappa x the batch size a DROP epoch trains as many images as a plain one (here 320 = 2 x 128
+    + 64, the last batch short), so images left out are not counted as a saving: with p = 0 nothing
+    is skipped and nothing is saved."""
+    w = Workload(epochs=2, **(SMALL | {"subset": 320}))
+    d = trim_test_set(load("fashion_mnist", subset=320, seed=SMALL["seed"]), 100)
+    sizes = []
+    ldb = create("layerdropback", s=1, p=0.0, kappa=2.0)
+    step_start = ldb.step_start
+    ldb.step_start = lambda e, i, t: (sizes.append((e, i)), step_start(e, i, t))[1]
+    res = fit(w, ldb, data=d)
+    assert res.status == "ok", res.error
+    assert sizes == [(0, i) for i in range(5)] + [(1, i) for i in range(3)]  # 5 x 64, then 128 + 128 + 64
+    full = CostTable(models.build("resnet20", 1, 10, width=4), (1, 28, 28)).full_step()
+    assert [r["epoch_flops"] for r in res.epochs] == [full * 320] * 2
+    assert res.flops_saved == 0.0
+
+
 def test_layerdropback_run_skips_weight_gradients_only_in_drop_epochs(data):
     w = Workload(epochs=3, **SMALL)
     ldb = create("layerdropback", s=2, p=0.5)
