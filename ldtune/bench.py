@@ -105,4 +105,10 @@ def format_table(report: dict) -> str:
     lines.append(f"efficiency = time_saved / flops_saved; '-' where under {MIN_SAVING:.0%} of FLOPs is saved")
     if any(r["within_noise"] for r in report["rows"]):
         lines.append("* time_saved within the baseline's spread: this run does not resolve it from noise")
+    for r in report["rows"][1:]:
+        if r["flops_saved"] < MIN_SAVING and r["status"] == "ok":  # a default meant for longer runs, most often
+            hp = ", ".join(f"{k}={v}" for k, v in r.get("hparams", {}).items())
+            lines.append(f"{r['strategy']} skipped little in {report['epochs']} epochs ({hp}): its skipping phase "
+                         f"may start late in a short run; see `ldtune strategies {r['strategy']}` and use "
+                         f"--set {r['strategy']}.KEY=VALUE")
     return "\n".join(lines)

@@ -76,6 +76,12 @@ def test_table_marks_time_savings_within_the_baselines_spread():
     assert "0.17*" in lines[4] and lines[-1].startswith("* time_saved within")
     report["repeats"] = 1
     assert "no estimate of the timing noise" in format_table(report).splitlines()[0]
+    # a strategy that skipped (almost) nothing is named, with the settings that made it so
+    report["rows"].append(row("late", 0.0, False) | {"flops_saved": 0.01, "efficiency": None,
+                                                     "hparams": {"warmup_epochs": 5}})
+    assert format_table(report).splitlines()[-1].startswith(
+        "late skipped little in 1 epochs (warmup_epochs=5): its skipping phase may start late")
+    assert sum("skipped little" in line for line in format_table(report).splitlines()) == 1
 
 
 @pytest.mark.parametrize("args, field", [
