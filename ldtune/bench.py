@@ -106,9 +106,9 @@ def format_table(report: dict) -> str:
     if any(r["within_noise"] for r in report["rows"]):
         lines.append("* time_saved within the baseline's spread: this run does not resolve it from noise")
     for r in report["rows"][1:]:
-        if r["flops_saved"] < MIN_SAVING and r["status"] == "ok":  # a default meant for longer runs, most often
+        if r["flops_saved"] < MIN_SAVING and r["status"] == "ok":  # often a default meant for longer runs
             hp = ", ".join(f"{k}={v}" for k, v in r.get("hparams", {}).items())
-            lines.append(f"{r['strategy']} skipped little in {report['epochs']} epochs ({hp}): its skipping phase "
-                         f"may start late in a short run; see `ldtune strategies {r['strategy']}` and use "
-                         f"--set {r['strategy']}.KEY=VALUE")
+            lines.append(f"{r['strategy']} skipped little ({r['flops_saved']:.1%} of FLOPs) in {report['epochs']} "
+                         f"epochs with {hp}: a short run or these settings leave it little to skip; "
+                         f"`ldtune strategies {r['strategy']}` suggests values (--set {r['strategy']}.KEY=VALUE)")
     return "\n".join(lines)

@@ -80,7 +80,7 @@ def test_table_marks_time_savings_within_the_baselines_spread():
     report["rows"].append(row("late", 0.0, False) | {"flops_saved": 0.01, "efficiency": None,
                                                      "hparams": {"warmup_epochs": 5}})
     assert format_table(report).splitlines()[-1].startswith(
-        "late skipped little in 1 epochs (warmup_epochs=5): its skipping phase may start late")
+        "late skipped little (1.0% of FLOPs) in 1 epochs with warmup_epochs=5: a short run or these settings")
     assert sum("skipped little" in line for line in format_table(report).splitlines()) == 1
 
 
