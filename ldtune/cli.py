@@ -6,8 +6,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
+from pathlib import Path
 
 from .errors import UserError
+
+_PACKAGE = Path(__file__).resolve().parent
 
 COMMANDS = {
     "train": "one training run of one strategy",
@@ -44,8 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    """ldtune's own warnings (advice on a spec or a run) as one line; everyone else's as Python prints them."""
+    if issubclass(category, UserWarning) and Path(filename).resolve().is_relative_to(_PACKAGE):
+        (file or sys.stderr).write(f"ldtune: warning: {message}\n")
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
     try:
         return int(args._main(args) or 0)
     except UserError as e:

@@ -74,7 +74,8 @@ class Recommendation:
 
     def hparams(self, epochs: int) -> dict:
         """The strategy's own hyperparameters for a run of ``epochs`` epochs (a fraction of training
-        becomes whole epochs, at least the hyperparameter's lower bound and below ``epochs``)."""
+        becomes whole epochs, at least the hyperparameter's lower bound and at most the largest
+        value that still acts in ``epochs`` epochs)."""
         from .strategies import REGISTRY
         specs = REGISTRY[self.strategy].hparams if self.strategy in REGISTRY else {}
         out = {}
@@ -83,7 +84,7 @@ class Recommendation:
             spec = specs.get(d.name)
             if d.per_epoch:
                 low = int(spec.low) if spec is not None and spec.low is not None else 0
-                v = max(min(int(round(v * epochs)), epochs - 1), low)
+                v = max(min(int(round(v * epochs)), spec.largest_acting(epochs) if spec else epochs - 1), low)
             out[d.name] = _plain(spec.check(d.name, v, self.strategy)) if spec is not None else _plain(v)
         return out
 

@@ -26,6 +26,7 @@ import dataclasses
 import logging
 import os
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -110,6 +111,13 @@ def resources(study: Study) -> tuple[float, float]:
             cpu = max(1.0, min(r.get("CPU", 0) // max(r.get("GPU", 0), 1) for r in nodes if r.get("GPU", 0) > 0) * gpu)
         else:
             cpu = min((r["CPU"] for r in nodes if r.get("CPU", 0) > 0), default=1.0)
+    # a trial must fit one node, or Tune waits for it forever
+    if not any(r.get("CPU", 0) >= cpu and r.get("GPU", 0) >= gpu for r in nodes):
+        most = max((r.get("CPU", 0) for r in nodes if r.get("GPU", 0) >= gpu), default=0)
+        field_ = "resources.cpu" if most or gpu == 0 else "resources.gpu"
+        where = "a node" if gpu == 0 else f"a node with {gpu:g} GPU(s)"
+        raise UserError(field_, f"{cpu:g} CPUs and {gpu:g} GPUs per trial fit no node of the Ray cluster "
+                        f"(the most CPUs on {where}: {most:g})")
     return float(cpu), float(gpu)
 
 
@@ -307,12 +315,15 @@ def _line(row, n: int, total: int, hparams: dict) -> str:
 def prepare(study: Study, output: str | Path, resume: bool) -> Path:
     """Check the study directory before anything runs: an earlier study there needs ``--resume``,
     and ``--resume`` needs the same spec (trial budgets may change)."""
+    _check_writable(Path(output))
     study_dir = Path(output) / study.name
     saved = study_dir / CONFIG_FILE
     has_results = (study_dir / "trials.parquet").is_file() or saved.is_file()
     if has_results and not resume:
         raise UserError("--output", f"{study_dir} already holds study {study.name!r}; pass --resume to finish it, "
                         "or choose another --output")
+    if resume and not has_results:
+        warnings.warn(f"--resume: {study_dir} holds no study {study.name!r} to resume; starting it", stacklevel=2)
     if resume and saved.is_file():
         before = yaml.safe_load(saved.read_text()) or {}
         now = study.to_dict()
@@ -324,6 +335,20 @@ def prepare(study: Study, output: str | Path, resume: bool) -> Path:
             if old is not None and old.get("search") != s["search"]:
                 raise UserError(f"strategies.{name}.search", f"differs from the study being resumed ({saved})")
     return study_dir
+
+
+def _check_writable(output: Path) -> None:
+    """``--output`` must be a directory we can write, or one we can create (checked before Ray starts)."""
+    here = output
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        raise UserError("--output", f"{here} is a file, not a directory" if here == output
+                        else f"cannot create {output}: {here} is a file")
+    try:  # os.access says yes to root everywhere, /proc included: try it
+        os.rmdir(tempfile.mkdtemp(prefix=".ldtune-probe-", dir=here))
+    except OSError as e:
+        raise UserError("--output", f"cannot write {output}: {here}: {e.strerror}") from None
 
 
 def run_study(study: Study, output: str | Path = "results", *, address: str | None = None, resume: bool = False,

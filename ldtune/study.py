@@ -154,13 +154,31 @@ class Study:
 
 
 # ------------------------------------------------------------------------------------- parsing
+class _SpecLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load(path: str | Path) -> Study:
     """Read and validate a study spec file."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(str(path), "a directory, not a study spec file")
     if not path.is_file():
         raise UserError(str(path), "no such file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_SpecLoader)
+    except UnicodeDecodeError:
+        raise UserError(str(path), "not UTF-8 text (a study spec is a YAML file)") from None
     except yaml.YAMLError as e:
         raise UserError(str(path), f"not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(raw, dict):
@@ -246,6 +264,12 @@ def _plan(name: str, s: StrategySpec, epochs: int) -> StrategyPlan:
         if dim.kind != "categorical" and dim.low == dim.high or dim.kind == "categorical" and len(dim.choices) == 1:
             fixed[key] = dim.choices[0] if dim.kind == "categorical" else cls.hparams[key].kind(dim.low)
             del space[key]
+    for key, hp in cls.hparams.items():  # given values an epoch count too large to act in this study
+        if key in s.search and hp.kind is int and hp.unit.startswith("epochs"):
+            top = fixed[key] if key in fixed else space[key].high
+            if top > hp.largest_acting(epochs):
+                warnings.warn(f"{where}.{key}: {top} never acts in {epochs} epochs (at most "
+                              f"{hp.largest_acting(epochs)} does)", stacklevel=2)
     try:
         cls(**fixed)  # the strategy's own cross-field checks on the held values
     except UserError as e:
@@ -278,9 +302,10 @@ def _default_dim(hp, epochs: int) -> Dim:
     if hp.kind in (int, float) and hp.choices is None:
         low, high = hp.search
         if hp.kind is int and hp.unit.startswith("epochs"):
-            # an epoch count at or beyond the study's epochs never acts: search below it
-            high = max(min(high, epochs - 1), hp.low if hp.low is not None else 0)
-            low = min(low, high)
+            # an epoch count beyond hp.largest_acting never acts: search up to it, and down to the
+            # lowest valid value where the study is too short for the default range
+            high = min(high, hp.largest_acting(epochs))
+            low = low if low < high else min(hp.low if hp.low is not None else 0, high)
         return Dim("int" if hp.kind is int else "float", hp.kind(low), hp.kind(high))
     return Dim("categorical", choices=tuple(hp.search))
 
@@ -293,7 +318,8 @@ def summary(study: Study) -> str:
     for p in study.plans:
         space = ", ".join(f"{k} in {d.to_yaml()}" for k, d in p.space.items()) or "nothing searched"
         held = ", ".join(f"{k}={v}" for k, v in p.fixed.items())
-        lines.append(f"  {p.name:<17} {p.trials:>3} trials  {space}" + (f"; fixed {held}" if held else ""))
+        trials = f"{p.trials:>3} trial" + ("s" if p.trials != 1 else " ")
+        lines.append(f"  {p.name:<17} {trials}  {space}" + (f"; fixed {held}" if held else ""))
     return "\n".join(lines)
 
 

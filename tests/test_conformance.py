@@ -186,7 +186,7 @@ class TestConformance:
             elif spec.choices is not None:
                 cases.append((key, "no_such_choice"))
             elif spec.kind in (int, float):
-                cases.append((key, "abc"))
+                cases += [(key, "abc"), (key, "nan")]
                 cases += [(key, str(spec.low - 1))] if spec.low is not None else []
                 cases += [(key, str(spec.high + 1))] if spec.high is not None else []
         for key, value in cases:

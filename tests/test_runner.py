@@ -178,6 +178,16 @@ def test_rerun_without_resume_refuses_and_keeps_results(finished, spec_file, cap
     assert {f: (study_dir / f).read_bytes() for f in results.FILES} == before
 
 
+def test_a_trial_that_fits_no_node_exits_2_and_writes_nothing(ray_local, tmp_path, capsys):
+    # 64 CPUs per trial on a 2-CPU instance: Tune would wait for them forever
+    spec = tmp_path / "big.yaml"
+    spec.write_text(yaml.safe_dump({**SPEC, "resources": {"cpu": 64}}))
+    assert cli.main(["run", str(spec), "--output", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == ("ldtune: error: resources.cpu: 64 CPUs and 0 GPUs per trial fit no node of "
+                                       "the Ray cluster (the most CPUs on a node: 2)\n")
+    assert not (tmp_path / "out").exists()
+
+
 def test_resume_after_killed_driver_gives_the_same_rows(ray_local, finished, spec_file, tmp_path):
     """A driver (`ldtune run --address`) killed with SIGKILL mid-study, then `--resume`: every slot
     once, the rows finished before the kill untouched, and the same row set as the uninterrupted run."""

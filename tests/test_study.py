@@ -49,10 +49,12 @@ def test_default_search_spaces_come_from_hparam_search():
                 assert set(dim.choices) == set(hp.search)
             else:
                 lo, hi = hp.search
-                assert lo <= dim.low <= dim.high <= hi
-                # an epoch count is searched below the study's epochs (a larger one never acts)
+                # an epoch count is searched up to the largest that acts in the study's 3 epochs
+                # (warm-up 1: selected after epoch 1, out in epoch 2), and down to its lowest valid
+                # value when that leaves the default range one value or none
                 if hp.unit.startswith("epochs") and hp.kind is int:
-                    assert dim.high <= 2
+                    assert dim.high == min(hi, hp.largest_acting(3)) == 3 - hp.end_margin
+                    assert dim.low == (lo if lo < dim.high else hp.low)
                 else:
                     assert (dim.low, dim.high) == (lo, hi)
 
@@ -105,6 +107,8 @@ BAD = [
     ({"resources": {"tpu": 1}}, "resources.tpu"),
     ({"max_concurrent": 0}, "max_concurrent"),
     ({"test_subset": 0}, "test_subset"),
+    ({"strategies": {"depth_dropout": {"search": {"p": float("nan")}}}}, "strategies.depth_dropout.search.p"),
+    ({"strategies": {"depth_dropout": {"search": {"p": [0.1, float("nan")]}}}}, "strategies.depth_dropout.search.p"),
     ({"plugins": ["no_such_module_here"]}, "plugins"),
 ]
 
@@ -129,15 +133,20 @@ def test_bad_spec_exits_2_naming_the_field_and_writes_nothing(tmp_path, capsys, 
     assert not out.exists()
 
 
-@pytest.mark.parametrize("text,why", [("name: [unclosed", "not valid YAML"), ("- a\n- list\n", "YAML mapping")])
+@pytest.mark.parametrize("text,why", [
+    ("name: [unclosed", "not valid YAML"), ("- a\n- list\n", "YAML mapping"), (b"\xff\xfe\x00bin", "not UTF-8"),
+    ("name: t\nworkload: {epochs: 2}\nworkload: {epochs: 50}\n", "duplicate key 'workload' (line 3)"),
+])
 def test_bad_spec_file_is_named(tmp_path, capsys, text, why):
     spec = tmp_path / "bad.yaml"
-    spec.write_text(text)
+    spec.write_bytes(text) if isinstance(text, bytes) else spec.write_text(text)
     assert cli.main(["validate", str(spec)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"ldtune: error: {spec}:") and why in err
+    assert err.startswith(f"ldtune: error: {spec}:") and why in err and err.count("\n") == 1
     assert cli.main(["validate", str(tmp_path / "missing.yaml")]) == 2
     assert "missing.yaml: no such file" in capsys.readouterr().err
+    assert cli.main(["validate", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"ldtune: error: {tmp_path}: a directory, not a study spec file\n"
 
 
 def test_slots_put_the_baseline_first_then_strategies_round_robin():
@@ -174,6 +183,18 @@ def test_study_name_is_the_directory_and_to_dict_round_trips(tmp_path):
     with pytest.raises(UserError) as e:
         study_mod.from_dict({**GOOD, "name": ""})
     assert e.value.field == "name"
+
+
+def test_unusable_output_exits_2_before_ray_starts(tmp_path, capsys):
+    spec = tmp_path / "good.yaml"
+    spec.write_text(yaml.safe_dump(GOOD))
+    for output, message in [(spec, f"{spec} is a file, not a directory"),
+                            (spec / "sub", f"cannot create {spec / 'sub'}: {spec} is a file"),
+                            (Path("/proc/ldtune-no"), "cannot write /proc/ldtune-no: /proc: ")]:
+        assert cli.main(["run", str(spec), "--output", str(output)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"ldtune: error: --output: {message}") and err.count("\n") == 1, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.yaml"]
 
 
 def test_unreachable_address_exits_2_and_writes_nothing(tmp_path, capsys):

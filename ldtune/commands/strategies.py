@@ -12,9 +12,9 @@ def main(a) -> int:
         cls = strategies.get(n)
         print(f"== {n}")
         for k, h in cls.hparams.items():
-            rng = (f"{list(h.choices)}" if h.choices is not None else "" if h.kind is bool
-                   else f"[{h.low}, {h.high}]")
-            print(f"  {k}: {h.kind.__name__} {rng}, default {h.default!r} ({h.unit})")
+            rng = (f" {list(h.choices)}" if h.choices is not None else "" if h.kind is bool
+                   else f" [{h.low}, {h.high}]")
+            print(f"  {k}: {h.kind.__name__}{rng}, default {h.default!r} ({h.unit})")
         if a.name:
             print(cls.card())
     return 0

@@ -24,6 +24,7 @@ bad field.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -43,6 +44,12 @@ class HParam:
     choices: tuple | None = None
     search: tuple | None = None  # study default: (low, high) for numbers, or the choices to try
     help: str = ""
+    # an epoch count (unit "epochs"): the largest value that still acts in an E-epoch run is
+    # E - end_margin (studies search below it, recommendations stay below it)
+    end_margin: int = 1
+
+    def largest_acting(self, epochs: int) -> int:
+        return max(epochs - self.end_margin, int(self.low) if self.low is not None else 0)
 
     def check(self, name: str, value: Any, strategy: str) -> Any:
         field_name = f"{strategy}.{name}"
@@ -62,6 +69,8 @@ class HParam:
                 v = int(v)
             if self.kind is int and not isinstance(v, int) or not isinstance(v, (int, float)):
                 raise UserError(field_name, f"must be {self.kind.__name__}, got {value!r}")
+            if not math.isfinite(v):
+                raise UserError(field_name, f"must be a finite number, got {value!r}")
             if self.low is not None and v < self.low or self.high is not None and v > self.high:
                 raise UserError(field_name, f"must be in [{self.low}, {self.high}], got {v}")
             value = self.kind(v)

@@ -148,7 +148,8 @@ class ScoreSelection(Strategy):
     hparams = {
         "warmup_epochs": HParam(int, 5, "epochs", low=0, high=10_000, search=(1, 10),
                                 help="epochs the whole net trains before the first selection (the paper's e1: "
-                                     "5 of 60 on MNIST, 10 of 60 on CIFAR-10, 25 of 150 on Imagenette)"),
+                                     "5 of 60 on MNIST, 10 of 60 on CIFAR-10, 25 of 150 on Imagenette)",
+                                end_margin=2),  # selected at the end of epoch warmup_epochs, out from the next
         "selection": HParam(str, "eq4", "rule", choices=SELECTIONS,
                             help="eq4: Eq. 4 as printed; max_prefix_sum: the text's maximum-sum prefix"),
         "min_drop": HParam(int, 1, "blocks", low=1, high=10_000,
