@@ -48,6 +48,12 @@ def nondominated(acc, saved) -> np.ndarray:
     return keep
 
 
+# columns every reader of a table relies on (of DESIGN.md's contract)
+_TRIALS = ["trial_id", "strategy", "model", "dataset", "epochs", "status", "test_accuracy", "time_saved",
+           "accuracy_delta"]
+REQUIRED = {"trials": _TRIALS, "pareto": _TRIALS + ["front"], "epochs": ["trial_id", "epoch"]}
+
+
 def load(directory, table: str = "trials") -> pd.DataFrame:
     """Every study's ``trials`` (or ``epochs``) table under ``directory`` as one pandas frame.
 
@@ -72,6 +78,9 @@ def load(directory, table: str = "trials") -> pd.DataFrame:
             df = pd.read_parquet(path)
         except Exception as e:  # a truncated or foreign file
             raise UserError(str(path), f"cannot read Parquet ({type(e).__name__}: {e})") from None
+        missing = [c for c in REQUIRED[table] if c not in df.columns]
+        if missing:
+            raise UserError(str(path), f"missing column {missing[0]!r}: not an ldtune {table} table")
         if "study" not in df.columns:
             df.insert(0, "study", d.name)
         frames.append(df)

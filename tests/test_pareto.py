@@ -200,6 +200,19 @@ def test_cli_missing_or_empty_dir_exit_2(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["bad", "empty", "s", "trials.parquet"]  # nothing written
 
 
+@pytest.mark.parametrize("argv", [["pareto"], ["plot", "-o", "PNG"], ["recommend", "--model", "resnet20"]])
+def test_every_reader_names_a_foreign_parquet_file(tmp_path, capsys, argv):
+    """Parquet that is not an ldtune trials table: every command that reads results exits 2 naming it."""
+    study = tmp_path / "foreign" / "s"
+    study.mkdir(parents=True)
+    pd.DataFrame({"a": [1, 2]}).to_parquet(study / "trials.parquet")
+    argv = [str(tmp_path / "f.png") if a == "PNG" else a for a in argv]
+    code, out, err = run_cli(capsys, argv[0], str(tmp_path / "foreign"), *argv[1:])
+    assert (code, out) == (2, "")
+    assert err == f"ldtune: error: {study / 'trials.parquet'}: missing column 'trial_id': not an ldtune trials table\n"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["foreign", "s", "trials.parquet"]
+
+
 def test_load_and_fronts_api(results):
     trials = load(results)
     assert len(trials) == 12 and set(trials["study"]) == {"quick", "other"}
