@@ -315,7 +315,7 @@ def _line(row, n: int, total: int, hparams: dict) -> str:
 def prepare(study: Study, output: str | Path, resume: bool) -> Path:
     """Check the study directory before anything runs: an earlier study there needs ``--resume``,
     and ``--resume`` needs the same spec (trial budgets may change)."""
-    _check_writable(Path(output))
+    check_output_dir(Path(output))
     study_dir = Path(output) / study.name
     saved = study_dir / CONFIG_FILE
     has_results = (study_dir / "trials.parquet").is_file() or saved.is_file()
@@ -337,7 +337,7 @@ def prepare(study: Study, output: str | Path, resume: bool) -> Path:
     return study_dir
 
 
-def _check_writable(output: Path) -> None:
+def check_output_dir(output: Path) -> None:
     """``--output`` must be a directory we can write, or one we can create (checked before Ray starts)."""
     here = output
     while not here.exists() and here != here.parent:

@@ -151,8 +151,9 @@ def test_cli_confirm_runs_a_short_study_on_the_new_dataset(results, tmp_path, ca
         "model": "resnet20", "width": 4, "dataset": "fashion_mnist", "subset": 256, "epochs": 10, "batch_size": 64},
         "test_subset": 200}))
     out_dir = tmp_path / "confirm"
-    code = cli(["recommend", str(results), "--model", "resnet20", "--dataset", "digits", "--strategy", "freezing",
-                "--epochs", "2", "--repeats", "1", "--confirm", "--output", str(out_dir)])
+    argv = ["recommend", str(results), "--model", "resnet20", "--dataset", "digits", "--strategy", "freezing",
+            "--epochs", "2", "--repeats", "1", "--confirm", "--output", str(out_dir)]
+    code = cli(argv)
     out = capsys.readouterr().out
     study = out_dir / "recommend_resnet20_digits"
     trials = pd.read_parquet(study / "trials.parquet")
@@ -167,6 +168,12 @@ def test_cli_confirm_runs_a_short_study_on_the_new_dataset(results, tmp_path, ca
     assert yaml.safe_load(out)["workload"] == {"model": "resnet20", "width": 4, "dataset": "digits", "subset": 256,
                                                "epochs": 2, "batch_size": 64}
     assert yaml.safe_load(out)["test_subset"] == 200
+    # again into the same directory: refused before anything is printed, the first study untouched
+    before = (study / "trials.parquet").read_bytes()
+    assert cli(argv) == 2
+    assert capsys.readouterr() == ("", f"ldtune: error: --output: {study} already holds a confirmation study; "
+                                       "choose another --output, or remove it\n")
+    assert (study / "trials.parquet").read_bytes() == before
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -28,7 +28,8 @@ def configure(p) -> None:
     p.add_argument("--trials", type=int, default=1, help="trials per recommended strategy in the spec (default 1)")
     p.add_argument("--repeats", type=int, default=3, help="baseline repeats in the spec (default 3)")
     p.add_argument("--confirm", action="store_true",
-                   help="run the spec as a short study on NEW (plus baseline) and report which held")
+                   help="run the spec as a short study on NEW (plus baseline) and report which held; "
+                        "exit status 1 if any did not hold")
     p.add_argument("--output", default=None, metavar="OUT",
                    help="results directory of the --confirm study (default: DIR/../confirm)")
     p.add_argument("--address", default=None, metavar="ADDR", help="Ray cluster for --confirm (as in ldtune run)")
@@ -133,22 +134,33 @@ def main(a) -> int:
     _check_spec(spec)
     if a.confirm and not spec["strategies"]:
         raise UserError("--confirm", "no recommendation held the accuracy-drop limit: nothing to confirm")
+    out = _confirm_output(spec, a) if a.confirm else None  # checked before anything is printed
     target = a.dataset or "a new dataset (set workload.dataset)"
     text = "\n".join(explain(recs, datasets, a.model, target, epochs, a.max_accuracy_drop))
     print(text + "\n" + yaml.safe_dump(spec, sort_keys=False, default_flow_style=None).rstrip())
     if a.confirm:
-        return _confirm(spec, a)
+        return _confirm(spec, out, a)
     return 0
 
 
-def _confirm(spec: dict, a) -> int:
-    from ..pareto import load, within_drop
-    from ..study import from_dict
+def _confirm_output(spec: dict, a) -> Path:
+    """The --confirm study's results directory: writable, and not holding that study already."""
     try:
-        from ..runner import run_study
+        from ..runner import check_output_dir
     except ImportError:
         raise UserError("--confirm", "this install has no study runner (ldtune.runner)") from None
     out = Path(a.output) if a.output else Path(a.dir).resolve().parent / "confirm"
+    check_output_dir(out)
+    if (out / spec["name"]).exists():
+        raise UserError("--output", f"{out / spec['name']} already holds a confirmation study; "
+                        "choose another --output, or remove it")
+    return out
+
+
+def _confirm(spec: dict, out: Path, a) -> int:
+    from ..pareto import load, within_drop
+    from ..runner import run_study
+    from ..study import from_dict
     run_study(from_dict(spec), out, address=a.address, stream=sys.stderr)  # stdout stays one YAML document
     got = load(out / spec["name"])
     print(f"\n# confirmation study on {spec['workload']['dataset']}: {out / spec['name']}")
