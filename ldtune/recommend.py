@@ -58,6 +58,7 @@ class Recommendation:
     held: bool  # estimated within the drop limit on every dataset
     per_dataset: pd.DataFrame  # dataset, accuracy_delta, time_saved (estimates), trials
     dims: list = field(default_factory=list)
+    fixed: dict = field(default_factory=dict)  # non-default settings every trial ran with, unsearched (eval_scale)
 
     @property
     def useful(self) -> bool:
@@ -86,7 +87,7 @@ class Recommendation:
                 low = int(spec.low) if spec is not None and spec.low is not None else 0
                 v = max(min(int(round(v * epochs)), spec.largest_acting(epochs) if spec else epochs - 1), low)
             out[d.name] = _plain(spec.check(d.name, v, self.strategy)) if spec is not None else _plain(v)
-        return out
+        return {**self.fixed, **out}
 
 
 def _plain(v):
@@ -111,6 +112,22 @@ def strategy_dims(strategy: str, trials: pd.DataFrame) -> list[Dim]:
         column = (name[: -len("_epochs")] if name.endswith("_epochs") else name) + "_fraction" if per_epoch else name
         dims.append(Dim(name, column, bool(numeric), per_epoch))
     return dims
+
+
+def fixed_settings(strategy: str, trials: pd.DataFrame, dims: list[Dim]) -> dict:
+    """The strategy's other hyperparameters that every one of its trials ran at one non-default
+    value (a study's held setting, e.g. Depth Dropout's ``eval_scale``): the recommendation keeps them."""
+    from .strategies import REGISTRY
+    if strategy not in REGISTRY:
+        return {}
+    searched, out = {d.name for d in dims}, {}
+    for name, hp in REGISTRY[strategy].hparams.items():
+        if name in searched or name not in trials.columns or trials[name].isna().any():
+            continue
+        values = trials[name].unique()
+        if len(values) == 1 and (v := hp.check(name, _plain(values[0]), strategy)) != hp.default:
+            out[name] = v
+    return out
 
 
 def transferable(trials: pd.DataFrame, dims: list[Dim]) -> pd.DataFrame:
@@ -197,7 +214,8 @@ def recommend_strategy(trials: pd.DataFrame, strategy: str, max_accuracy_drop: f
                         "trials": [int((obs["dataset"] == ds).sum()) for ds in datasets]})
     model = str(t["model"].iloc[0]) if "model" in t.columns else ""
     config = {c: _plain(cands.loc[i, c]) for c in cols}
-    return Recommendation(strategy, model, config, bool(feasible[i]), per, dims)
+    return Recommendation(strategy, model, config, bool(feasible[i]), per, dims,
+                          fixed_settings(strategy, trials[trials["strategy"] == strategy], dims))
 
 
 def recommend(trials: pd.DataFrame, model: str, exclude_dataset: str | None = None,

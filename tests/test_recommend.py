@@ -99,6 +99,22 @@ def test_recommend_picks_the_robust_config_in_transferable_units(results):
     assert not tight["freezing"].held
 
 
+@pytest.mark.parametrize("eval_scale, fixed", [([True] * 4, {"eval_scale": True}), ([True, False] * 2, {}),
+                                               ([False] * 4, {})])
+def test_a_setting_every_trial_held_is_kept(eval_scale, fixed):
+    """Depth Dropout searched over p with eval_scale held true (as the quickstart does): the
+    recommendation keeps eval_scale, or its confirmation would run another method. A setting the
+    trials did not agree on, or the default, is left to the strategy."""
+    from ldtune.recommend import recommend_strategy
+    rows = [dict(trial_id=str(i), strategy="depth_dropout", model="resnet20", dataset=ds, epochs=4, status="ok",
+                 test_accuracy=0.9, accuracy_delta=-0.001, time_saved=0.3 * p, p=p, eval_scale=e)
+            for i, ((ds, p), e) in enumerate(zip([("digits", 0.2), ("digits", 0.5), ("mnist5k", 0.2), ("mnist5k", 0.5)],
+                                                 eval_scale))]
+    r = recommend_strategy(pd.DataFrame(rows), "depth_dropout")
+    assert r.config == {"p": pytest.approx(0.5)} and r.fixed == fixed
+    assert r.hparams(epochs=10) == {**fixed, "p": pytest.approx(0.5)}
+
+
 def test_leave_one_dataset_out_regret(results):
     ev = evaluate(load(results), max_accuracy_drop=1.0).set_index(["held_out", "strategy"])
     assert len(ev) == 9
