@@ -86,6 +86,7 @@ def test_table_marks_time_savings_within_the_baselines_spread():
 
 @pytest.mark.parametrize("args, field", [
     (["--strategies", "no_such"], "--strategies"),
+    (["--strategies", "freezeout,freezeout"], "--strategies"),
     (["--strategies", "freezeout", "--set", "depth_dropout.p=0.5"], "--set"),
     (["--strategies", "freezeout", "--set", "t0=0.5"], "--set"),
     (["--strategies", "freezeout", "--set", "freezeout.t0=7"], "freezeout.t0"),

@@ -38,9 +38,11 @@ def parse_runs(names: str | None, sets: list[str]) -> list[tuple[str, dict]]:
         chosen = [n.strip() for n in names.split(",") if n.strip()]
         if not chosen:
             raise UserError("--strategies", "names no strategy")
-        for n in chosen:
+        for i, n in enumerate(chosen):
             if n not in strategies.REGISTRY:
                 raise UserError("--strategies", f"unknown strategy {n!r}; known: {', '.join(sorted(strategies.REGISTRY))}")
+            if n in chosen[:i]:
+                raise UserError("--strategies", f"{n!r} named twice (one row per strategy; --repeats repeats runs)")
     hps: dict[str, dict] = {n: {} for n in chosen}
     for key, value in parse_sets(sets).items():
         name, dot, hp = key.partition(".")
