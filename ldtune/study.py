@@ -265,9 +265,9 @@ def _plan(name: str, s: StrategySpec, epochs: int) -> StrategyPlan:
             fixed[key] = dim.choices[0] if dim.kind == "categorical" else cls.hparams[key].kind(dim.low)
             del space[key]
     for key, hp in cls.hparams.items():  # given values an epoch count too large to act in this study
-        if key in s.search and hp.kind is int and hp.unit.startswith("epochs"):
+        if key in s.search and hp.is_epoch_count:
             top = fixed[key] if key in fixed else space[key].high
-            if top > hp.largest_acting(epochs):
+            if hp.never_acts(top, epochs):
                 warnings.warn(f"{where}.{key}: {top} never acts in {epochs} epochs (at most "
                               f"{hp.largest_acting(epochs)} does)", stacklevel=2)
     try:
@@ -301,7 +301,7 @@ def _dim(hp, key: str, value: list, where: str, strategy: str) -> Dim:
 def _default_dim(hp, epochs: int) -> Dim:
     if hp.kind in (int, float) and hp.choices is None:
         low, high = hp.search
-        if hp.kind is int and hp.unit.startswith("epochs"):
+        if hp.is_epoch_count:
             # an epoch count beyond hp.largest_acting never acts: search up to it, and down to the
             # lowest valid value where the study is too short for the default range
             high = min(high, hp.largest_acting(epochs))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 import yaml
 
@@ -62,7 +63,12 @@ def main(a) -> int:
     from ..train import fit, set_threads
 
     w = workload_from_args(a)
-    strategy = strategies.create(a.strategy, **parse_sets(a.set))
+    given = parse_sets(a.set)
+    strategy = strategies.create(a.strategy, **given)
+    for k in given:
+        if strategy.hparams[k].never_acts(strategy.hp[k], w.epochs):
+            warnings.warn(f"{a.strategy}.{k}: {strategy.hp[k]} never acts in {w.epochs} epochs (at most "
+                          f"{strategy.hparams[k].largest_acting(w.epochs)} does)", stacklevel=2)
     set_threads()
 
     def progress(rec):

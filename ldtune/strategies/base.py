@@ -48,8 +48,16 @@ class HParam:
     # E - end_margin (studies search below it, recommendations stay below it)
     end_margin: int = 1
 
+    @property
+    def is_epoch_count(self) -> bool:
+        return self.kind is int and self.unit.startswith("epochs")
+
     def largest_acting(self, epochs: int) -> int:
         return max(epochs - self.end_margin, int(self.low) if self.low is not None else 0)
+
+    def never_acts(self, value, epochs: int) -> bool:
+        """An epoch count too large to do anything in an ``epochs``-epoch run."""
+        return self.is_epoch_count and value > self.largest_acting(epochs)
 
     def check(self, name: str, value: Any, strategy: str) -> Any:
         field_name = f"{strategy}.{name}"
