@@ -200,6 +200,7 @@ def test_cli_confirm_runs_a_short_study_on_the_new_dataset(results, tmp_path, ca
     (["--model", "resnet20", "--dataset", "svhn"], "ldtune: error: --dataset: unknown dataset 'svhn'"),
     (["--model", "resnet20", "--strategy", "nope"], "ldtune: error: --strategy: no recommendation for 'nope'"),
     (["--model", "resnet20", "--confirm"], "ldtune: error: --dataset: --confirm needs"),
+    (["--model", "resnet20", "--format", "json"], "ldtune: error: --format: applies to --evaluate"),
 ])
 def test_cli_bad_input_exit_2(results, capsys, argv, message):
     assert cli(["recommend", str(results), *argv]) == 2

@@ -34,7 +34,8 @@ def configure(p) -> None:
                    help="results directory of the --confirm study (default: DIR/../confirm)")
     p.add_argument("--address", default=None, metavar="ADDR", help="Ray cluster for --confirm (as in ldtune run)")
     p.add_argument("--evaluate", action="store_true", help="leave-one-dataset-out evaluation of DIR")
-    p.add_argument("--format", choices=["table", "json"], default="table", help="--evaluate output")
+    p.add_argument("--format", choices=["table", "json"], default=None,
+                   help="--evaluate output (default table); a recommendation is always a study spec")
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -110,6 +111,8 @@ def main(a) -> int:
     trials = load(a.dir)
     if a.evaluate:
         return _evaluate(trials, a)
+    if a.format is not None:
+        raise UserError("--format", "applies to --evaluate; a recommendation prints a study spec (YAML)")
     if a.model is None:
         raise UserError("--model", "required (or use --evaluate)")
     if a.epochs is not None and a.epochs < 1:
