@@ -74,6 +74,9 @@ class Workload:
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise UserError(name, f"must be a positive integer, got {v!r}")
+        if self.width is not None and self.model not in models.CIFAR_RESNETS:
+            raise UserError("width", f"sets a CIFAR ResNet's channels ({', '.join(models.CIFAR_RESNETS)}); "
+                            f"{self.model} has one width")
         if self.augment is not None and not isinstance(self.augment, bool):
             raise UserError("augment", f"must be true, false or null, got {self.augment!r}")
         if self.data_root is not None and not Path(self.data_root).is_dir():

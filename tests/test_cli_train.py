@@ -31,6 +31,7 @@ def test_train_json_contract():
     (["--schedule", "linear"], "schedule"),
     (["--data-root", "/nonexistent/dir"], "data_root"),
     (["--subset", "999999"], "subset"),
+    (["--model", "resnet18"], "width"),  # --width 4 sets a CIFAR ResNet's channels only
 ])
 def test_bad_input_exits_2_naming_the_field(args, field, capsys):
     code = main(["train", "--dataset", "digits", "--width", "4", "--epochs", "1", *args])

@@ -16,7 +16,7 @@ from .train import add_workload_args, parse_sets, workload_from_args
 
 def configure(p) -> None:
     add_workload_args(p, epochs=4)
-    p.set_defaults(subset=2048, width=8)
+    p.set_defaults(subset=2048)  # and width 8 for a CIFAR ResNet (main)
     p.add_argument("--strategies", default=None,
                    help="comma-separated strategy names (default: every registered one); the baseline always runs")
     p.add_argument("--set", action="append", default=[], metavar="STRATEGY.KEY=VALUE",
@@ -62,6 +62,9 @@ def main(a) -> int:
         raise UserError("repeats", f"must be an integer >= 1, got {a.repeats}")
     if a.test_subset < 0:
         raise UserError("test_subset", f"must be >= 0, got {a.test_subset}")
+    from ..models import CIFAR_RESNETS
+    if a.width is None and a.model in CIFAR_RESNETS:
+        a.width = 8
     w = workload_from_args(a)
     runs = parse_runs(a.strategies, a.set)
     if a.threads < 0:
