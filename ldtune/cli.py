@@ -48,17 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
-    """ldtune's own warnings (advice on a spec or a run) as one line; everyone else's as Python prints them."""
-    if issubclass(category, UserWarning) and Path(filename).resolve().is_relative_to(_PACKAGE):
-        (file or sys.stderr).write(f"ldtune: warning: {message}\n")
-    else:
-        _default(message, category, filename, lineno, file, line)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    warnings.showwarning = _show_warning
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        """ldtune's own warnings (advice on a spec or a run) as one line; others as before."""
+        if issubclass(category, UserWarning) and Path(filename).resolve().is_relative_to(_PACKAGE):
+            (file or sys.stderr).write(f"ldtune: warning: {message}\n")
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
     try:
         return int(args._main(args) or 0)
     except UserError as e:
@@ -67,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         sys.stderr.write(f"ldtune: error: {e.filename or e}: no such file\n")
         return 2
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

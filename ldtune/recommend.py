@@ -125,7 +125,13 @@ def fixed_settings(strategy: str, trials: pd.DataFrame, dims: list[Dim]) -> dict
         if name in searched or name not in trials.columns or trials[name].isna().any():
             continue
         values = trials[name].unique()
-        if len(values) == 1 and (v := hp.check(name, _plain(values[0]), strategy)) != hp.default:
+        if len(values) != 1:
+            continue
+        try:
+            v = hp.check(name, _plain(values[0]), strategy)
+        except UserError:  # a value this version no longer takes: leave it to the strategy's default
+            continue
+        if v != hp.default:
             out[name] = v
     return out
 

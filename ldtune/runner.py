@@ -92,8 +92,10 @@ def _reachable(address: str | None) -> None:
         raise UserError("--address", f"no Ray cluster at {address} ({e})") from None
 
 
-def resources(study: Study) -> tuple[float, float]:
-    """(CPUs, GPUs) per trial, the spec's ``null`` decided from the cluster's nodes."""
+def resources(study: Study, fixed_nodes: bool = True) -> tuple[float, float]:
+    """(CPUs, GPUs) per trial, the spec's ``null`` decided from the cluster's nodes. A trial that
+    fits no node is an error where the nodes are all there will be (a local instance), and a
+    warning on a cluster (``fixed_nodes`` false), whose autoscaler may still add one that fits."""
     import ray
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
     has_gpu = any(r.get("GPU", 0) > 0 for r in nodes)
@@ -116,8 +118,11 @@ def resources(study: Study) -> tuple[float, float]:
         most = max((r.get("CPU", 0) for r in nodes if r.get("GPU", 0) >= gpu), default=0)
         field_ = "resources.cpu" if most or gpu == 0 else "resources.gpu"
         where = "a node" if gpu == 0 else f"a node with {gpu:g} GPU(s)"
-        raise UserError(field_, f"{cpu:g} CPUs and {gpu:g} GPUs per trial fit no node of the Ray cluster "
-                        f"(the most CPUs on {where}: {most:g})")
+        message = (f"{cpu:g} CPUs and {gpu:g} GPUs per trial fit no node of the Ray cluster "
+                   f"(the most CPUs on {where}: {most:g})")
+        if fixed_nodes:
+            raise UserError(field_, message)
+        warnings.warn(f"{field_}: {message}; trials wait until the autoscaler adds a node that fits", stacklevel=2)
     return float(cpu), float(gpu)
 
 
@@ -333,7 +338,8 @@ def prepare(study: Study, output: str | Path, resume: bool) -> Path:
         for name, s in now["strategies"].items():
             old = (before.get("strategies") or {}).get(name)
             if old is not None and old.get("search") != s["search"]:
-                raise UserError(f"strategies.{name}.search", f"differs from the study being resumed ({saved})")
+                raise UserError(f"strategies.{name}.search", f"differs from the study being resumed ({saved}); "
+                                "where the spec sets no search, ldtune's default range changed since")
     return study_dir
 
 
@@ -356,22 +362,24 @@ def run_study(study: Study, output: str | Path = "results", *, address: str | No
     start = time.perf_counter()
     study_dir = prepare(study, output, resume)
     started = connect(address)
+    fixed_nodes = not (address or os.environ.get("RAY_ADDRESS"))  # a local instance: no autoscaler
     try:
-        return _run(study, study_dir, resume, list(callbacks), stream, start)
+        return _run(study, study_dir, resume, list(callbacks), stream, start, fixed_nodes)
     finally:
         if started:
             import ray
             ray.shutdown()
 
 
-def _run(study: Study, study_dir: Path, resume: bool, callbacks: list, stream: TextIO | None, start: float) -> Outcome:
+def _run(study: Study, study_dir: Path, resume: bool, callbacks: list, stream: TextIO | None, start: float,
+         fixed_nodes: bool = True) -> Outcome:
     stream = stream or sys.stdout
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing; we print a line per trial
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial CSV/JSON/TensorBoard files
     import ray
     from ray import tune
 
-    cpu, gpu = resources(study)
+    cpu, gpu = resources(study, fixed_nodes)
     study_dir.mkdir(parents=True, exist_ok=True)
     resolved = study.to_dict()
     resolved["resources"] = {"cpu": cpu, "gpu": gpu}

@@ -49,11 +49,14 @@ def test_argparse_errors_exit_2(capsys):
 
 def test_a_warm_up_too_long_for_the_run_is_warned_of(capsys):
     # Learn&Drop selects at the end of epoch warmup_epochs; in 2 epochs only 0 leaves an epoch to skip in
+    import warnings
+    hook = warnings.showwarning
     code = main(["train", "--dataset", "digits", "--width", "4", "--epochs", "2", "--strategy", "learn_drop",
                  "--set", "warmup_epochs=1", "--json"])
     out, err = capsys.readouterr()
     assert code == 0 and json.loads(out)["flops_saved"] == 0.0
     assert "ldtune: warning: learn_drop.warmup_epochs: 1 never acts in 2 epochs (at most 0 does)\n" in err
+    assert warnings.showwarning is hook  # the CLI's one-line format ends with the command
     assert main(["train", "--dataset", "digits", "--width", "4", "--epochs", "2", "--strategy", "learn_drop",
                  "--set", "warmup_epochs=0"]) == 0
     assert "warning" not in capsys.readouterr().err

@@ -53,6 +53,7 @@ def test_batches_cover_the_epoch_once(fmnist_small):
     seen = torch.cat([b.idx for b in batches])
     assert len(set(seen.tolist())) == 500 and all(len(b.x) == len(b.y) == len(b.idx) for b in batches)
     assert data.epoch_slices(10, 4) == [(0, 4), (4, 8)] and data.epoch_slices(10, 4, 10)[-1] == (8, 10)
+    assert data.epoch_slices(9, 4, 9) == [(0, 4), (4, 9)]  # never a batch of one (BatchNorm at 1x1 maps)
     with pytest.raises(ValueError):
         data.epoch_slices(10, 4, 11)
 

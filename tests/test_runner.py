@@ -186,6 +186,9 @@ def test_a_trial_that_fits_no_node_exits_2_and_writes_nothing(ray_local, tmp_pat
     assert capsys.readouterr().err == ("ldtune: error: resources.cpu: 64 CPUs and 0 GPUs per trial fit no node of "
                                        "the Ray cluster (the most CPUs on a node: 2)\n")
     assert not (tmp_path / "out").exists()
+    # on a cluster (an address given) an autoscaler may still add such a node: a warning, not an error
+    with pytest.warns(UserWarning, match="wait until the autoscaler adds a node"):
+        assert runner.resources(study_mod.load(spec), fixed_nodes=False) == (64.0, 0.0)
 
 
 def test_resume_after_killed_driver_gives_the_same_rows(ray_local, finished, spec_file, tmp_path):

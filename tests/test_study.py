@@ -185,6 +185,17 @@ def test_study_name_is_the_directory_and_to_dict_round_trips(tmp_path):
     assert e.value.field == "name"
 
 
+def test_yaml_anchors_and_merge_keys_work(tmp_path, capsys):
+    """Only a key written twice in one mapping is refused; one that overrides a merged key is not."""
+    spec = tmp_path / "anchors.yaml"
+    spec.write_text("name: t\nworkload: {model: resnet20, width: 4, dataset: digits, subset: 256, epochs: 3}\n"
+                    "strategies:\n  depth_dropout: &dd {trials: 2, search: {p: [0.2, 0.6]}}\n"
+                    "  stochastic_depth: {<<: *dd, trials: 3}\n")
+    s = study_mod.load(spec)
+    assert (s.plan("stochastic_depth").trials, s.plan("stochastic_depth").space["p"].high) == (3, 0.6)
+    assert s.plan("depth_dropout").trials == 2
+
+
 def test_unusable_output_exits_2_before_ray_starts(tmp_path, capsys):
     spec = tmp_path / "good.yaml"
     spec.write_text(yaml.safe_dump(GOOD))

@@ -155,7 +155,7 @@ def _confirm_output(spec: dict, a) -> Path:
         raise UserError("--confirm", "this install has no study runner (ldtune.runner)") from None
     out = Path(a.output) if a.output else Path(a.dir).resolve().parent / "confirm"
     check_output_dir(out)
-    if (out / spec["name"]).exists():
+    if (out / spec["name"]).is_dir() and any((out / spec["name"]).iterdir()):
         raise UserError("--output", f"{out / spec['name']} already holds a confirmation study; "
                         "choose another --output, or remove it")
     return out
