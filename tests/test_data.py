@@ -58,6 +58,8 @@ def test_batches_cover_the_epoch_once(fmnist_small):
         data.epoch_slices(10, 4, 11)
 
 
+# 4 DataLoader workers on this 2-core machine, deliberately: the worker count is part of what a seed reproduces
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 4 worker processes")
 def test_image_folder_streams_batches_like_tensor_data(tmp_path):
     from PIL import Image
     gen = torch.Generator().manual_seed(0)
