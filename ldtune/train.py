@@ -220,7 +220,7 @@ def fit(w: Workload, strategy: Strategy, callback: Callable[[dict], None] | None
             # batch short then), so that images left out never count as a saving
             bs = plan.batch_size or w.batch_size
             images = steps * w.batch_size
-            n_steps = -(-images // bs)
+            n_steps = len(data_mod.epoch_slices(images, bs, images))  # the steps the batches below take
             batches = cache.batches(bs, gen, images) if cached else data.train_batches(bs, gen, images=images)
             loss_sum = torch.zeros((), device=dev)
             for step, b in enumerate(batches):

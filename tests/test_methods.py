@@ -249,6 +249,21 @@ def test_layerdropback_drop_epochs_train_the_baselines_images():
     assert res.flops_saved == 0.0
 
 
+def test_an_epoch_of_one_folded_step_reports_that_steps_loss():
+    """kappa x 64 = 319 images a step on 320: the one image left joins that step (never a batch of
+    one), so the DROP epoch is one step, and its train_loss is that step's loss, not half of it."""
+    d = trim_test_set(load("fashion_mnist", subset=320, seed=SMALL["seed"]), 100)
+    steps = []
+    ldb = create("layerdropback", s=1, p=0.0, kappa=319 / 64)
+    step_start = ldb.step_start
+    ldb.step_start = lambda e, i, t: (steps.append((e, i, t)), step_start(e, i, t))[1]
+    res = fit(Workload(epochs=2, **(SMALL | {"subset": 320})), ldb, data=d)
+    assert res.status == "ok", res.error
+    assert [s[:2] for s in steps if s[0] == 1] == [(1, 0)]
+    # one epoch of 5 small steps barely moves the loss from ln(10) = 2.3; half of it would be ~1.1
+    assert res.epochs[1]["train_loss"] > 0.8 * res.epochs[0]["train_loss"]
+
+
 def test_layerdropback_run_skips_weight_gradients_only_in_drop_epochs(data):
     w = Workload(epochs=3, **SMALL)
     ldb = create("layerdropback", s=2, p=0.5)
