@@ -120,13 +120,13 @@ class TensorData:
 class LoaderData:
     """A large dataset streamed by DataLoader workers (Imagenette, ImageFolder)."""
 
-    def __init__(self, name, train_set, test_set, num_classes: int, device: str, workers: int | None = None):
+    def __init__(self, name, train_set, test_set, num_classes: int, device: str, workers: int = 4):
         self.name, self.num_classes = name, num_classes
         self.train_set, self.test_set = train_set, test_set
         self.device = torch.device(device)
         # DataLoader worker processes; not fewer on a smaller machine: each worker draws its own
         # augmentations, so the worker count is part of what a seed reproduces
-        self.workers = 4 if workers is None else workers
+        self.workers = workers
         x0, _ = train_set[0]
         self.in_channels, self.image_size = x0.shape[0], x0.shape[-1]
         self.num_train = len(train_set)

@@ -268,10 +268,7 @@ def _plan(name: str, s: StrategySpec, epochs: int) -> StrategyPlan:
             del space[key]
     for key, hp in cls.hparams.items():  # given values an epoch count too large to act in this study
         if key in s.search and hp.is_epoch_count:
-            top = fixed[key] if key in fixed else space[key].high
-            if hp.never_acts(top, epochs):
-                warnings.warn(f"{where}.{key}: {top} never acts in {epochs} epochs (at most "
-                              f"{hp.largest_acting(epochs)} does)", stacklevel=2)
+            hp.warn_if_never_acts(f"{where}.{key}", fixed[key] if key in fixed else space[key].high, epochs)
     try:
         cls(**fixed)  # the strategy's own cross-field checks on the held values
     except UserError as e:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 
 import yaml
 
@@ -66,9 +65,7 @@ def main(a) -> int:
     given = parse_sets(a.set)
     strategy = strategies.create(a.strategy, **given)
     for k in given:
-        if strategy.hparams[k].never_acts(strategy.hp[k], w.epochs):
-            warnings.warn(f"{a.strategy}.{k}: {strategy.hp[k]} never acts in {w.epochs} epochs (at most "
-                          f"{strategy.hparams[k].largest_acting(w.epochs)} does)", stacklevel=2)
+        strategy.hparams[k].warn_if_never_acts(f"{a.strategy}.{k}", strategy.hp[k], w.epochs)
     set_threads()
 
     def progress(rec):

@@ -25,6 +25,7 @@ bad field.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -58,6 +59,13 @@ class HParam:
     def never_acts(self, value, epochs: int) -> bool:
         """An epoch count too large to do anything in an ``epochs``-epoch run."""
         return self.is_epoch_count and value > self.largest_acting(epochs)
+
+    def warn_if_never_acts(self, where: str, value, epochs: int) -> None:
+        """A warning naming ``where`` when ``value`` never acts in ``epochs`` epochs (not an error:
+        the run is valid, only pointless for this hyperparameter)."""
+        if self.never_acts(value, epochs):
+            warnings.warn(f"{where}: {value} never acts in {epochs} epochs (at most "
+                          f"{self.largest_acting(epochs)} does)", stacklevel=2)
 
     def check(self, name: str, value: Any, strategy: str) -> Any:
         field_name = f"{strategy}.{name}"
