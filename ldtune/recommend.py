@@ -221,7 +221,7 @@ def recommend_strategy(trials: pd.DataFrame, strategy: str, max_accuracy_drop: f
     model = str(t["model"].iloc[0]) if "model" in t.columns else ""
     config = {c: _plain(cands.loc[i, c]) for c in cols}
     return Recommendation(strategy, model, config, bool(feasible[i]), per, dims,
-                          fixed_settings(strategy, trials[trials["strategy"] == strategy], dims))
+                          fixed_settings(strategy, t, dims))
 
 
 def recommend(trials: pd.DataFrame, model: str, exclude_dataset: str | None = None,
