@@ -37,7 +37,7 @@ import yaml
 
 from . import results
 from .errors import UserError
-from .study import Study
+from .study import Study, check_data
 
 OBJECTIVES = (["test_accuracy", "train_time_s"], ["max", "min"])
 CONFIG_FILE = "study.yaml"  # the resolved config, beside the results
@@ -361,8 +361,9 @@ def run_study(study: Study, output: str | Path = "results", *, address: str | No
               callbacks=(), stream: TextIO | None = None) -> Outcome:
     start = time.perf_counter()
     study_dir = prepare(study, output, resume)
-    started = connect(address)
     fixed_nodes = not (address or os.environ.get("RAY_ADDRESS"))  # a local instance: no autoscaler
+    check_data(study, trials_here=fixed_nodes)
+    started = connect(address)
     try:
         return _run(study, study_dir, resume, list(callbacks), stream, start, fixed_nodes)
     finally:

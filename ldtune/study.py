@@ -232,6 +232,26 @@ def from_dict(raw: dict) -> Study:
                  gpu=spec.resources.gpu, plugins=list(spec.plugins))
 
 
+def check_data(study: Study, trials_here: bool = True) -> None:
+    """Load the study's data on this machine, as each trial will (on the CPU), so that a subset or
+    test_subset larger than the dataset is one error naming the field before any trial starts, not
+    the same error in every trial. Data this machine cannot load is an error where the trials run
+    here (``trials_here``), and a warning where they may run elsewhere (a cluster whose nodes hold
+    data this machine lacks; ``validate``)."""
+    from .data import trim_test_set
+    from .train import load_data
+    w = dataclasses.replace(study.workload, device="cpu")
+    try:
+        data = load_data(w)
+    except UserError as e:
+        if trials_here or e.field not in ("data_root", "dataset"):
+            raise UserError(f"workload.{e.field}", e.message) from None
+        warnings.warn(f"workload.{e.field}: {e.message} (on this machine; subset and test_subset unchecked)",
+                      stacklevel=2)
+        return
+    trim_test_set(data, study.test_subset, study.seed)
+
+
 def _workload(spec: StudySpec) -> Workload:
     values = spec.workload.model_dump()
     if values["data_root"] is not None:
@@ -322,4 +342,4 @@ def summary(study: Study) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Study", "StudySpec", "StrategyPlan", "Dim", "load", "from_dict", "summary", "ALL"]
+__all__ = ["Study", "StudySpec", "StrategyPlan", "Dim", "load", "from_dict", "check_data", "summary", "ALL"]

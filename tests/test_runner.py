@@ -191,6 +191,16 @@ def test_a_trial_that_fits_no_node_exits_2_and_writes_nothing(ray_local, tmp_pat
         assert runner.resources(study_mod.load(spec), fixed_nodes=False) == (64.0, 0.0)
 
 
+def test_run_exits_1_when_a_trial_failed_and_keeps_the_others(ray_local, tmp_path, capsys):
+    spec = tmp_path / "some-fail.yaml"  # boom's trial seed 1 raises; the baseline and boom seed 0 train
+    spec.write_text(yaml.safe_dump({**SPEC, "baseline": {"repeats": 1}, "strategies": {"boom": {"trials": 2}}}))
+    assert cli.main(["run", str(spec), "--output", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == ("1 of 3 trials failed; their errors are in the error "
+                                                        "column of trials.parquet")
+    trials = pd.read_parquet(tmp_path / "out" / "tiny" / "trials.parquet").set_index("trial_id")
+    assert trials["status"].to_dict() == {"baseline-000": "ok", "boom-000": "ok", "boom-001": "error"}
+
+
 def test_resume_after_killed_driver_gives_the_same_rows(ray_local, finished, spec_file, tmp_path):
     """A driver (`ldtune run --address`) killed with SIGKILL mid-study, then `--resume`: every slot
     once, the rows finished before the kill untouched, and the same row set as the uninterrupted run."""

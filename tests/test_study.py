@@ -107,6 +107,8 @@ BAD = [
     ({"resources": {"tpu": 1}}, "resources.tpu"),
     ({"max_concurrent": 0}, "max_concurrent"),
     ({"test_subset": 0}, "test_subset"),
+    ({"test_subset": 360}, "test_subset"),  # digits holds 359 test images: checked by loading them, before Ray
+    ({"workload": {"subset": 1439}}, "workload.subset"),  # and 1,438 training images
     ({"strategies": {"depth_dropout": {"search": {"p": float("nan")}}}}, "strategies.depth_dropout.search.p"),
     ({"strategies": {"depth_dropout": {"search": {"p": [0.1, float("nan")]}}}}, "strategies.depth_dropout.search.p"),
     ({"plugins": ["no_such_module_here"]}, "plugins"),

@@ -1,4 +1,5 @@
-"""``ldtune run STUDY.yaml``: run a study on Ray Tune and write its Parquet results."""
+"""``ldtune run STUDY.yaml``: run a study on Ray Tune and write its Parquet results; exit status 1
+if any trial failed (status ``error``; the others are kept), 2 for bad input, 130 if interrupted."""
 from __future__ import annotations
 
 import sys
@@ -31,4 +32,9 @@ def main(a) -> int:
         return 130
     print(f"results: {outcome.study_dir}/trials.parquet, epochs.parquet, pareto.parquet "
           f"(ldtune pareto {a.output})")
+    failed = int((outcome.trials["status"] == "error").sum())
+    if failed:  # the study went on around them, but a script running it should know
+        print(f"{failed} of {len(outcome.trials)} trial{'s' if len(outcome.trials) != 1 else ''} failed; "
+              f"their errors are in the error column of trials.parquet", file=sys.stderr)
+        return 1
     return 0

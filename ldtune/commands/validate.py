@@ -1,4 +1,5 @@
-"""``ldtune validate STUDY.yaml``: check a study spec without running it (nothing is written)."""
+"""``ldtune validate STUDY.yaml``: check a study spec without running it (nothing is written): its
+fields, and where this machine holds its data, subset and test_subset within the dataset."""
 from __future__ import annotations
 
 
@@ -10,6 +11,7 @@ def main(a) -> int:
     from .. import study as study_mod
 
     s = study_mod.load(a.spec)
+    study_mod.check_data(s, trials_here=False)  # a cluster's spec may name data only its nodes hold
     print(study_mod.summary(s))
     print(f"{a.spec}: ok")
     return 0
