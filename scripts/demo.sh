@@ -5,8 +5,11 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 out=results/demo-$(date +%Y%m%d-%H%M%S)
-.venv/bin/ldtune run studies/quickstart.yaml --output "$out"
+status=0
+.venv/bin/ldtune run studies/quickstart.yaml --output "$out" || status=$?
+[ "$status" -le 1 ] || exit "$status"  # 1: some trial failed; the others' fronts still print
 echo
 .venv/bin/ldtune pareto "$out" --by strategy
 echo
 .venv/bin/ldtune plot "$out" -o "$out/quickstart.png"
+exit "$status"
