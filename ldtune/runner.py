@@ -386,10 +386,15 @@ def _run(study: Study, study_dir: Path, resume: bool, callbacks: list, stream: T
     resolved["resources"] = {"cpu": cpu, "gpu": gpu}
     (study_dir / CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
     rows, epoch_rows = results.read_rows(study_dir) if resume else ([], [])
+    failed = {r["trial_id"] for r in rows if r["status"] == "error"}  # a failure may have been the machine's:
+    rows = [r for r in rows if r["trial_id"] not in failed]           # --resume runs those trials again
+    epoch_rows = [r for r in epoch_rows if r["trial_id"] not in failed]
     slots = slots_to_run(study, {r["trial_id"] for r in rows})
     outcome = Outcome(study_dir=study_dir, trials=None, interrupted=False, wall_s=0.0)
     total = len(slots)
-    print(f"study {study.name}: {total} trials to run" + (f" ({len(rows)} done before)" if rows else "")
+    before = [f"{len(rows)} done before"] * bool(rows) + [f"{len(failed)} that failed before run again"] * bool(failed)
+    print(f"study {study.name}: {total} trial{'s' if total != 1 else ''} to run"
+          + (f" ({'; '.join(before)})" if before else "")
           + f", {cpu:g} CPU and {gpu:g} GPU per trial, Ray {ray.__version__} "
           f"({len(ray.nodes())} node(s), {ray.cluster_resources().get('CPU', 0):g} CPUs); results in {study_dir}",
           file=stream, flush=True)

@@ -194,11 +194,22 @@ def test_a_trial_that_fits_no_node_exits_2_and_writes_nothing(ray_local, tmp_pat
 def test_run_exits_1_when_a_trial_failed_and_keeps_the_others(ray_local, tmp_path, capsys):
     spec = tmp_path / "some-fail.yaml"  # boom's trial seed 1 raises; the baseline and boom seed 0 train
     spec.write_text(yaml.safe_dump({**SPEC, "baseline": {"repeats": 1}, "strategies": {"boom": {"trials": 2}}}))
-    assert cli.main(["run", str(spec), "--output", str(tmp_path / "out")]) == 1
-    assert capsys.readouterr().err.splitlines()[-1] == ("1 of 3 trials failed; their errors are in the error "
-                                                        "column of trials.parquet")
-    trials = pd.read_parquet(tmp_path / "out" / "tiny" / "trials.parquet").set_index("trial_id")
+    out = tmp_path / "out"
+    assert cli.main(["run", str(spec), "--output", str(out)]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"1 of 3 trials failed; their errors are in the error column of trials.parquet; "
+        f"`ldtune run {spec} --output {out} --resume` runs them again")
+    trials = pd.read_parquet(out / "tiny" / "trials.parquet").set_index("trial_id")
     assert trials["status"].to_dict() == {"baseline-000": "ok", "boom-000": "ok", "boom-001": "error"}
+    # --resume runs the failed trial again (boom's failure is its seed's, so it fails again) and only it
+    assert cli.main(["run", str(spec), "--output", str(out), "--resume"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("study tiny: 1 trial to run (2 done before; 1 that failed before run again)")
+    assert [ln.split("]")[1].split()[0] for ln in lines if ln.startswith("[")] == ["boom-001"]
+    again = pd.read_parquet(out / "tiny" / "trials.parquet").set_index("trial_id")
+    assert again["status"].to_dict() == trials["status"].to_dict() and again.index.is_unique
+    pd.testing.assert_series_equal(again.loc[["baseline-000", "boom-000"], "train_time_s"],
+                                   trials.loc[["baseline-000", "boom-000"], "train_time_s"])
 
 
 def test_resume_after_killed_driver_gives_the_same_rows(ray_local, finished, spec_file, tmp_path):

@@ -12,7 +12,8 @@ def configure(p) -> None:
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="Ray cluster to use ('auto' on a cluster node; default: RAY_ADDRESS, else a local instance)")
     p.add_argument("--resume", action="store_true",
-                   help="finish an interrupted study in DIR: finished trials are kept, the rest run")
+                   help="finish an interrupted study in DIR: finished trials are kept; the rest, and any "
+                        "that failed, run")
 
 
 def main(a) -> int:
@@ -35,6 +36,7 @@ def main(a) -> int:
     failed = int((outcome.trials["status"] == "error").sum())
     if failed:  # the study went on around them, but a script running it should know
         print(f"{failed} of {len(outcome.trials)} trial{'s' if len(outcome.trials) != 1 else ''} failed; "
-              f"their errors are in the error column of trials.parquet", file=sys.stderr)
+              f"their errors are in the error column of trials.parquet; "
+              f"`ldtune run {a.spec} --output {a.output} --resume` runs them again", file=sys.stderr)
         return 1
     return 0
