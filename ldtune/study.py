@@ -236,18 +236,19 @@ def check_data(study: Study, trials_here: bool = True) -> None:
     """Load the study's data on this machine, as each trial will (on the CPU), so that a subset or
     test_subset larger than the dataset is one error naming the field before any trial starts, not
     the same error in every trial. Data this machine cannot load is an error where the trials run
-    here (``trials_here``), and a warning where they may run elsewhere (a cluster whose nodes hold
-    data this machine lacks; ``validate``)."""
+    here (``trials_here``; a dataset not yet downloaded is downloaded, once, as a trial would), and
+    a warning where they may run elsewhere (a cluster whose nodes hold data this machine lacks;
+    ``validate``), which download nothing."""
     from .data import trim_test_set
     from .train import load_data
     w = dataclasses.replace(study.workload, device="cpu")
     try:
-        data = load_data(w)
+        data = load_data(w, download=trials_here)
     except UserError as e:
         if trials_here or e.field not in ("data_root", "dataset"):
             raise UserError(f"workload.{e.field}", e.message) from None
-        warnings.warn(f"workload.{e.field}: {e.message} (on this machine; subset and test_subset unchecked)",
-                      stacklevel=2)
+        warnings.warn(f"workload.{e.field}: {e.message.rstrip('.')}; subset and test_subset are unchecked here "
+                      "(the trials load or download the data where they run)", stacklevel=2)
         return
     trim_test_set(data, study.test_subset, study.seed)
 

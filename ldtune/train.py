@@ -138,9 +138,9 @@ def autocast_for(dev: torch.device) -> Callable[[], contextlib.AbstractContextMa
     return (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev.type == "cuda" else contextlib.nullcontext
 
 
-def load_data(w: Workload):
+def load_data(w: Workload, download: bool = True):
     return data_mod.load(w.dataset, subset=w.subset, seed=w.seed, device=w.resolved_device(), root=w.data_root,
-                         image_size=w.image_size, augment=w.augment)
+                         image_size=w.image_size, augment=w.augment, download=download)
 
 
 def build_model(w: Workload, data) -> models.BlockNet:

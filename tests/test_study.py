@@ -198,6 +198,27 @@ def test_yaml_anchors_and_merge_keys_work(tmp_path, capsys):
     assert s.plan("depth_dropout").trials == 2
 
 
+def test_data_this_machine_lacks_stops_a_local_run_but_only_warns_validate(tmp_path, capsys):
+    spec = tmp_path / "elsewhere.yaml"
+    spec.write_text(yaml.safe_dump(_merge(GOOD, {"workload": {"dataset": f"imagefolder:{tmp_path / 'none'}"}})))
+    out = tmp_path / "results"
+    assert cli.main(["run", str(spec), "--output", str(out)]) == 2  # the trials would run here: an error
+    err = capsys.readouterr().err
+    assert err.startswith("ldtune: error: workload.dataset: imagefolder") and err.count("\n") == 1, err
+    assert not out.exists()
+    # validate (like a run on a cluster) may be on a machine without the nodes' data: a warning
+    assert cli.main(["validate", str(spec)]) == 0
+    assert capsys.readouterr().err.startswith("ldtune: warning: workload.dataset: imagefolder")
+    # and it downloads nothing: torchvision was asked to find the files, not to fetch them
+    root = tmp_path / "data"
+    root.mkdir()
+    spec.write_text(yaml.safe_dump(_merge(GOOD, {"workload": {"dataset": "cifar10", "data_root": str(root)}})))
+    assert cli.main(["validate", str(spec)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"ldtune: warning: workload.data_root: cannot load cifar10 from {root}: Dataset not found")
+    assert list(root.iterdir()) == []
+
+
 def test_unusable_output_exits_2_before_ray_starts(tmp_path, capsys):
     spec = tmp_path / "good.yaml"
     spec.write_text(yaml.safe_dump(GOOD))
