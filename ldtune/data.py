@@ -239,9 +239,8 @@ def balanced_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 
 def trim_test_set(data, n: int | None, seed: int = 0):
-    """Keep a fixed, class-balanced ``n`` of the test images (``None``: all); returns ``data``."""
-    if n is not None and hasattr(data, "test_x") and not 0 < n <= data.test_x.shape[0]:
-        raise UserError("test_subset", f"must be in 1..{data.test_x.shape[0]} for {data.name}'s test set, got {n}")
+    """Keep a fixed, class-balanced ``n`` of the test images (``None``, or more than there are: all);
+    returns ``data``."""
     if n is not None and hasattr(data, "test_x") and n < data.test_x.shape[0]:
         keep = balanced_subset(data.test_y.cpu(), n, seed).to(data.test_x.device)
         data.test_x, data.test_y = data.test_x[keep], data.test_y[keep]
@@ -336,6 +335,6 @@ def _load_large(name, *, subset, seed, device, root, image_size, augment=True, d
     if subset is not None:
         if not 0 < subset <= len(tr):
             raise UserError("subset", f"must be in 1..{len(tr)} for {name}, got {subset}")
-        y = torch.as_tensor([t for _, t in tr.samples]) if hasattr(tr, "samples") else torch.as_tensor(tr.targets)
+        y = torch.as_tensor([t for _, t in getattr(tr, "samples", None) or tr._samples])  # ImageFolder, Imagenette
         tr = torch.utils.data.Subset(tr, balanced_subset(y, subset, seed).tolist())
     return LoaderData(name, tr, te, nc, device)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 import typing
 import warnings
 from dataclasses import dataclass, field
@@ -233,13 +234,14 @@ def from_dict(raw: dict) -> Study:
 
 
 def check_data(study: Study, trials_here: bool = True) -> None:
-    """Load the study's data on this machine, as each trial will (on the CPU), so that a subset or
-    test_subset larger than the dataset is one error naming the field before any trial starts, not
-    the same error in every trial. Data this machine cannot load is an error where the trials run
-    here (``trials_here``; a dataset not yet downloaded is downloaded, once, as a trial would), and
-    a warning where they may run elsewhere (a cluster whose nodes hold data this machine lacks;
-    ``validate``), which download nothing."""
-    from .data import trim_test_set
+    """Load the study's data on this machine, as each trial will (on the CPU), so that a subset
+    larger than the dataset is one error naming the field before any trial starts, not the same
+    error in every trial; a test_subset larger than the test set is a warning (all are used).
+
+    Data this machine cannot load is an error where the trials run here (``trials_here``; a
+    dataset not yet downloaded is downloaded, once, as a trial would), and a warning where they
+    may run elsewhere (a cluster whose nodes hold data this machine lacks; ``validate``), which
+    download nothing."""
     from .train import load_data
     w = dataclasses.replace(study.workload, device="cpu")
     try:
@@ -247,10 +249,14 @@ def check_data(study: Study, trials_here: bool = True) -> None:
     except UserError as e:
         if trials_here or e.field not in ("data_root", "dataset"):
             raise UserError(f"workload.{e.field}", e.message) from None
-        warnings.warn(f"workload.{e.field}: {e.message.rstrip('.')}; subset and test_subset are unchecked here "
+        why = re.sub(r"[.;]? *You can use download=True to download it\.?", "", e.message)  # torchvision's advice
+        warnings.warn(f"workload.{e.field}: {why}; subset and test_subset are unchecked here "
                       "(the trials load or download the data where they run)", stacklevel=2)
         return
-    trim_test_set(data, study.test_subset, study.seed)
+    held = data.test_x.shape[0] if hasattr(data, "test_x") else None
+    if study.test_subset is not None and held is not None and study.test_subset > held:
+        warnings.warn(f"test_subset: {study.test_subset} is more than the {held} test images of "
+                      f"{study.workload.dataset}; the trials evaluate on all of them", stacklevel=2)
 
 
 def _workload(spec: StudySpec) -> Workload:

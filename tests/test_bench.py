@@ -93,7 +93,6 @@ def test_table_marks_time_savings_within_the_baselines_spread():
     (["--strategies", "freezeout", "--set", "t0=0.5"], "--set"),
     (["--strategies", "freezeout", "--set", "freezeout.t0=7"], "freezeout.t0"),
     (["--strategies", "freezeout", "--repeats", "0"], "repeats"),
-    (["--strategies", "freezeout", "--test-subset", "10001"], "test_subset"),  # Fashion-MNIST has 10,000
     (["--strategies", "freezeout", "--model", "resnet7"], "model"),
     (["--strategies", "freezeout", "--model", "vgg11_bn"], "width"),  # TINY's --width 4 means nothing to a VGG
 ])

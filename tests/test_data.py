@@ -78,6 +78,21 @@ def test_image_folder_streams_batches_like_tensor_data(tmp_path):
     assert len(set(torch.cat([b.idx for b in batches]).tolist())) == 18 and batches[0].x.shape[1:] == (3, 8, 8)
 
 
+def test_streamed_sets_take_a_balanced_subset_within_their_size(tmp_path):
+    from PIL import Image
+    root = tmp_path / "imagenette2-160"  # torchvision's Imagenette layout (two of its classes), no download
+    for split, n in (("train", 3), ("val", 1)):
+        for wnid in ("n01440764", "n02979186"):
+            (root / split / wnid).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (20, 20), (i * 40, 0, 0)).save(root / split / wnid / f"{i}.JPEG")
+    d = data.load("imagenette", root=str(tmp_path), subset=4, image_size=16)
+    assert d.num_train == 4 and sorted(d.train_set.dataset._samples[i][1] for i in d.train_set.indices) == [0, 0, 1, 1]
+    with pytest.raises(UserError) as e:
+        data.load("imagenette", root=str(tmp_path), subset=7)
+    assert (e.value.field, e.value.message) == ("subset", "must be in 1..6 for imagenette, got 7")
+
+
 def test_digits_and_mnist5k(digits):
     assert digits.train_x.shape[1:] == (1, 8, 8) and digits.num_classes == 10
     assert digits.train_x.shape[0] + digits.test_x.shape[0] == 1797
@@ -102,6 +117,7 @@ def test_bad_inputs_name_the_field(tmp_path):
     with pytest.raises(UserError) as e:
         data.load("digits", subset=10**6)
     assert e.value.field == "subset"
+    assert data.trim_test_set(data.load("digits"), 2000).test_x.shape[0] == 359  # more than there are: all
     with pytest.raises(UserError) as e:
         data.load("mnist", root=str(tmp_path))  # no files and no network
     assert e.value.field == "data_root"

@@ -135,7 +135,8 @@ def test_leave_one_dataset_out_regret(results):
 def test_cli_prints_a_valid_spec_snippet(results, tmp_path, capsys):
     code = cli(["recommend", str(results), "--model", "resnet20", "--dataset", "cifar10", "--epochs", "30"])
     out, err = capsys.readouterr()
-    assert (code, err) == (0, "")
+    # this machine has no CIFAR-10; the spec may run where it is
+    assert code == 0 and err.startswith("ldtune: warning: workload.data_root: cannot load cifar10") and err.count("\n") == 1
     snippet = yaml.safe_load(out)  # comments and all, the output is one YAML document
     strategies = snippet["strategies"]
     assert strategies["freezing"]["search"] == {"warmup_epochs": 18}
@@ -201,6 +202,10 @@ def test_cli_confirm_runs_a_short_study_on_the_new_dataset(results, tmp_path, ca
     (["--model", "resnet20", "--strategy", "nope"], "ldtune: error: --strategy: no recommendation for 'nope'"),
     (["--model", "resnet20", "--confirm"], "ldtune: error: --dataset: --confirm needs"),
     (["--model", "resnet20", "--format", "json"], "ldtune: error: --format: applies to --evaluate"),
+    (["--model", "resnet20", "--dataset", "digits", "--subset", "0"], "ldtune: error: --subset: must be"),
+    # the spec's data is loaded before it is printed
+    (["--model", "resnet20", "--dataset", "digits", "--subset", "2000"],
+     "ldtune: error: --subset: must be in 1..1438 for digits, got 2000\n"),
 ])
 def test_cli_bad_input_exit_2(results, capsys, argv, message):
     assert cli(["recommend", str(results), *argv]) == 2

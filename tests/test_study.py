@@ -107,8 +107,7 @@ BAD = [
     ({"resources": {"tpu": 1}}, "resources.tpu"),
     ({"max_concurrent": 0}, "max_concurrent"),
     ({"test_subset": 0}, "test_subset"),
-    ({"test_subset": 360}, "test_subset"),  # digits holds 359 test images: checked by loading them, before Ray
-    ({"workload": {"subset": 1439}}, "workload.subset"),  # and 1,438 training images
+    ({"workload": {"subset": 1439}}, "workload.subset"),  # digits holds 1,438: checked by loading it, before Ray
     ({"strategies": {"depth_dropout": {"search": {"p": float("nan")}}}}, "strategies.depth_dropout.search.p"),
     ({"strategies": {"depth_dropout": {"search": {"p": [0.1, float("nan")]}}}}, "strategies.depth_dropout.search.p"),
     ({"plugins": ["no_such_module_here"]}, "plugins"),
@@ -198,7 +197,7 @@ def test_yaml_anchors_and_merge_keys_work(tmp_path, capsys):
     assert s.plan("depth_dropout").trials == 2
 
 
-def test_data_this_machine_lacks_stops_a_local_run_but_only_warns_validate(tmp_path, capsys):
+def test_data_checks_before_ray_missing_data_and_a_large_test_subset(tmp_path, capsys):
     spec = tmp_path / "elsewhere.yaml"
     spec.write_text(yaml.safe_dump(_merge(GOOD, {"workload": {"dataset": f"imagefolder:{tmp_path / 'none'}"}})))
     out = tmp_path / "results"
@@ -209,6 +208,11 @@ def test_data_this_machine_lacks_stops_a_local_run_but_only_warns_validate(tmp_p
     # validate (like a run on a cluster) may be on a machine without the nodes' data: a warning
     assert cli.main(["validate", str(spec)]) == 0
     assert capsys.readouterr().err.startswith("ldtune: warning: workload.dataset: imagefolder")
+    # a test_subset above the test set's size means all of it, with a warning
+    spec.write_text(yaml.safe_dump({**GOOD, "test_subset": 360}))
+    assert cli.main(["validate", str(spec)]) == 0
+    assert capsys.readouterr().err == ("ldtune: warning: test_subset: 360 is more than the 359 test images of digits; "
+                                       "the trials evaluate on all of them\n")
     # and it downloads nothing: torchvision was asked to find the files, not to fetch them
     root = tmp_path / "data"
     root.mkdir()

@@ -5,6 +5,7 @@ scores of the recommendations (see :mod:`ldtune.recommend`)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,8 @@ def configure(p) -> None:
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs of the new runs (default: those of the studies in DIR); fractions of training "
                         "become epochs with it")
+    p.add_argument("--subset", type=int, default=None, metavar="N",
+                   help="training images of the new runs (default: those of the studies in DIR)")
     p.add_argument("--strategy", action="append", default=None, metavar="S",
                    help="only this strategy (repeat for several; default: every strategy in DIR)")
     p.add_argument("--trials", type=int, default=1, help="trials per recommended strategy in the spec (default 1)")
@@ -63,9 +66,13 @@ def source_spec(directory, model: str) -> dict:
     return {"workload": {"model": model}}
 
 
-def build_spec(recs, model: str, dataset: str, epochs: int, source: dict, trials: int, repeats: int = 3) -> dict:
-    """A study spec holding each useful recommendation at its values (in epochs of this run)."""
+def build_spec(recs, model: str, dataset: str, epochs: int, source: dict, trials: int, repeats: int = 3,
+               subset: int | None = None) -> dict:
+    """A study spec holding each useful recommendation at its values (in epochs of this run);
+    ``subset``: training images (default: the source study's)."""
     w = {**source["workload"], "model": model, "dataset": dataset, "epochs": epochs}
+    if subset is not None:
+        w["subset"] = subset
     strategies = {r.strategy: {"trials": trials, "search": r.hparams(epochs)} for r in recs if r.useful}
     spec = {"name": f"recommend_{model}_{dataset}".replace(":", "_").replace("/", "_"), "workload": w}
     streamed = dataset == "imagenette" or dataset.startswith("imagefolder:")  # no test_subset for these
@@ -74,13 +81,15 @@ def build_spec(recs, model: str, dataset: str, epochs: int, source: dict, trials
     return {**spec, "baseline": {"repeats": repeats}, "strategies": strategies}
 
 
-def _check_spec(spec: dict) -> None:
-    from ..study import from_dict
+def _check_spec(spec: dict, trials_here: bool) -> None:
+    """The spec's fields, and its data as :func:`ldtune.study.check_data` checks it; errors name the
+    option that sets the field."""
+    from ..study import check_data, from_dict
     try:
-        from_dict(spec)
+        check_data(from_dict(spec), trials_here=trials_here)
     except UserError as e:
-        field = {"workload.dataset": "--dataset", "workload.epochs": "--epochs"}.get(e.field, e.field)
-        raise UserError(field, e.message) from None
+        field = {"workload.dataset": "--dataset", "workload.epochs": "--epochs", "workload.subset": "--subset"}
+        raise UserError(field.get(e.field, e.field), e.message) from None
 
 
 def explain(recs, datasets, model, target, epochs, limit) -> list[str]:
@@ -117,8 +126,8 @@ def main(a) -> int:
         raise UserError("--model", "required (or use --evaluate)")
     if a.epochs is not None and a.epochs < 1:
         raise UserError("--epochs", f"must be an integer >= 1, got {a.epochs}")
-    for flag, v in (("--trials", a.trials), ("--repeats", a.repeats)):
-        if v < 1:
+    for flag, v in (("--trials", a.trials), ("--repeats", a.repeats), ("--subset", a.subset)):
+        if v is not None and v < 1:
             raise UserError(flag, f"must be an integer >= 1, got {v}")
     if a.confirm and a.dataset is None:
         raise UserError("--dataset", "--confirm needs the new dataset")
@@ -134,8 +143,9 @@ def main(a) -> int:
     source = source_spec(a.dir, a.model)
     epochs = a.epochs or int(source["workload"].get("epochs") or used["epochs"].median())
     dataset = a.dataset or source["workload"].get("dataset") or datasets[0]
-    spec = build_spec(recs, a.model, dataset, epochs, source, a.trials, a.repeats)
-    _check_spec(spec)
+    spec = build_spec(recs, a.model, dataset, epochs, source, a.trials, a.repeats, a.subset)
+    # missing data stops only a --confirm run here; a printed spec may be run where its data is
+    _check_spec(spec, trials_here=a.confirm and not (a.address or os.environ.get("RAY_ADDRESS")))
     if a.confirm and not spec["strategies"]:
         raise UserError("--confirm", "no recommendation held the accuracy-drop limit: nothing to confirm")
     out = _confirm_output(spec, a) if a.confirm else None  # checked before anything is printed
