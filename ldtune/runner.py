@@ -138,10 +138,12 @@ def _sampler(study: Study, seed: int):
         return optuna.samplers.TPESampler(multivariate=True, constant_liar=study.max_concurrent > 1, seed=seed)
 
 
-def _optuna_searchers(study: Study, study_dir: Path, strategies: set[str]) -> dict:
+def _optuna_searchers(study: Study, study_dir: Path, strategies: set[str], retry: list[dict] = ()) -> dict:
     """Per searched strategy, ``ConcurrencyLimiter(OptunaSearch)`` on its Optuna study in SQLite.
-    Trials an earlier run left RUNNING (a killed driver) are marked FAIL; the sampler's seed moves
-    on with the study's length, so a resumed run does not repeat the first suggestions."""
+    Trials an earlier run left RUNNING (a killed driver) or queued are marked FAIL; the settings of
+    the ``retry`` rows (failed trials run again) are queued, so they are the strategy's next
+    suggestions; the sampler's seed moves on with the study's length, so a resumed run does not
+    repeat the first suggestions."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
@@ -155,8 +157,11 @@ def _optuna_searchers(study: Study, study_dir: Path, strategies: set[str]) -> di
         known = 0
         try:
             old = optuna.load_study(study_name=name, storage=storage)
-            for t in old.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            stale = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+            for t in old.get_trials(deepcopy=False, states=stale):
                 storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            for row in sorted((r for r in retry if r["strategy"] == name), key=lambda r: r["trial_id"]):
+                old.enqueue_trial({k: row[k] for k in plan.space})
             known = len(old.trials)
         except KeyError:
             pass
@@ -386,8 +391,12 @@ def _run(study: Study, study_dir: Path, resume: bool, callbacks: list, stream: T
     resolved["resources"] = {"cpu": cpu, "gpu": gpu}
     (study_dir / CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
     rows, epoch_rows = results.read_rows(study_dir) if resume else ([], [])
-    failed = {r["trial_id"] for r in rows if r["status"] == "error"}  # a failure may have been the machine's:
-    rows = [r for r in rows if r["trial_id"] not in failed]           # --resume runs those trials again
+    # a failure may have been the machine's: --resume runs the study's failed trials again, with the
+    # settings they failed with (a trial outside a reduced budget is kept as it was)
+    in_study = {trial_id(*s) for s in slots_to_run(study, set())}
+    retry = [r for r in rows if r["status"] == "error" and r["trial_id"] in in_study]
+    failed = {r["trial_id"] for r in retry}
+    rows = [r for r in rows if r["trial_id"] not in failed]
     epoch_rows = [r for r in epoch_rows if r["trial_id"] not in failed]
     slots = slots_to_run(study, {r["trial_id"] for r in rows})
     outcome = Outcome(study_dir=study_dir, trials=None, interrupted=False, wall_s=0.0)
@@ -408,7 +417,8 @@ def _run(study: Study, study_dir: Path, resume: bool, callbacks: list, stream: T
                     "hparams": {**study.plan(name).fixed, **hparams}, "seed": study.trial_seed(k),
                     "data_seed": study.seed, "test_subset": study.test_subset, "workload": w, "threads": max(1, int(cpu)), "plugins": study.plugins}
 
-        searcher = _searcher_class()(slots, _optuna_searchers(study, study_dir, {s for s, _ in slots}), make_config)
+        searcher = _searcher_class()(slots, _optuna_searchers(study, study_dir, {s for s, _ in slots}, retry),
+                                     make_config)
         cb = _callback_class()(study, study_dir, rows, epoch_rows, total, stream, outcome)
         from .trainable import trainable
         tuner = tune.Tuner(

@@ -31,13 +31,13 @@ CONTRACT_EPOCHS = ["trial_id", "epoch", "test_accuracy", "train_loss", "epoch_ti
 # A test-only strategy, imported by the study's `plugins` on the driver and in every Ray worker:
 # trial seed 1 raises, trial seed 2 diverges (a huge LR), others train like the baseline.
 PLUGIN = '''
-from ldtune.strategies import REGISTRY, EpochPlan, Strategy
+from ldtune.strategies import REGISTRY, EpochPlan, HParam, Strategy
 
 
 class Boom(Strategy):
     """Test-only: seed % 3 == 1 raises in epoch_start, seed % 3 == 2 diverges."""
     name = "boom"
-    hparams = {}
+    hparams = {"x": HParam(float, 0.5, "unused: something for Optuna to search", low=0.0, high=1.0, search=(0.0, 1.0))}
 
     def epoch_start(self, epoch):
         if self.ctx.seed % 3 == 1:
@@ -201,15 +201,21 @@ def test_run_exits_1_when_a_trial_failed_and_keeps_the_others(ray_local, tmp_pat
         f"`ldtune run {spec} --output {out} --resume` runs them again")
     trials = pd.read_parquet(out / "tiny" / "trials.parquet").set_index("trial_id")
     assert trials["status"].to_dict() == {"baseline-000": "ok", "boom-000": "ok", "boom-001": "error"}
-    # --resume runs the failed trial again (boom's failure is its seed's, so it fails again) and only it
+    # --resume runs the failed trial again (boom's failure is its seed's, so it fails again), and only
+    # it, with the settings it failed with
     assert cli.main(["run", str(spec), "--output", str(out), "--resume"]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("study tiny: 1 trial to run (2 done before; 1 that failed before run again)")
     assert [ln.split("]")[1].split()[0] for ln in lines if ln.startswith("[")] == ["boom-001"]
     again = pd.read_parquet(out / "tiny" / "trials.parquet").set_index("trial_id")
     assert again["status"].to_dict() == trials["status"].to_dict() and again.index.is_unique
-    pd.testing.assert_series_equal(again.loc[["baseline-000", "boom-000"], "train_time_s"],
-                                   trials.loc[["baseline-000", "boom-000"], "train_time_s"])
+    pd.testing.assert_frame_equal(again.loc[["baseline-000", "boom-000"]], trials.loc[["baseline-000", "boom-000"]])
+    assert again.loc["boom-001", "x"] == trials.loc["boom-001", "x"] and trials["x"].nunique() == 2
+    # a budget cut below a failed trial leaves it alone: nothing to run
+    spec.write_text(yaml.safe_dump({**SPEC, "baseline": {"repeats": 1}, "strategies": {"boom": {"trials": 1}}}))
+    assert cli.main(["run", str(spec), "--output", str(out), "--resume"]) == 1  # boom-001 still failed
+    assert capsys.readouterr().out.startswith("study tiny: 0 trials to run (3 done before)")
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "tiny" / "trials.parquet").set_index("trial_id"), again)
 
 
 def test_resume_after_killed_driver_gives_the_same_rows(ray_local, finished, spec_file, tmp_path):

@@ -2,6 +2,7 @@
 if any trial failed (status ``error``; the others are kept), 2 for bad input, 130 if interrupted."""
 from __future__ import annotations
 
+import shlex
 import sys
 
 
@@ -21,15 +22,15 @@ def main(a) -> int:
     from ..runner import run_study
 
     study = study_mod.load(a.spec)
+    resume = f"`ldtune run {shlex.quote(a.spec)} --output {shlex.quote(a.output)} --resume`"
     try:
         outcome = run_study(study, a.output, address=a.address, resume=a.resume)
     except KeyboardInterrupt:
         print(f"interrupted; the finished trials are in {a.output}/{study.name}; "
-              f"`ldtune run {a.spec} --output {a.output} --resume` runs the rest", file=sys.stderr)
+              f"{resume} runs the rest", file=sys.stderr)
         return 130
     if outcome.interrupted:
-        print(f"interrupted; `ldtune run {a.spec} --output {a.output} --resume` runs the remaining trials",
-              file=sys.stderr)
+        print(f"interrupted; {resume} runs the remaining trials", file=sys.stderr)
         return 130
     print(f"results: {outcome.study_dir}/trials.parquet, epochs.parquet, pareto.parquet "
           f"(ldtune pareto {a.output})")
@@ -37,6 +38,6 @@ def main(a) -> int:
     if failed:  # the study went on around them, but a script running it should know
         print(f"{failed} of {len(outcome.trials)} trial{'s' if len(outcome.trials) != 1 else ''} failed; "
               f"their errors are in the error column of trials.parquet; "
-              f"`ldtune run {a.spec} --output {a.output} --resume` runs them again", file=sys.stderr)
+              f"{resume} runs them again", file=sys.stderr)
         return 1
     return 0
