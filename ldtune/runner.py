@@ -80,6 +80,12 @@ def connect(address: str | None) -> bool:
         raise UserError("--address", f"cannot connect to Ray at {address!r}: {e}") from None
 
 
+def local_instance(address: str | None) -> bool:
+    """Whether trials run on a local Ray instance on this machine (no ``address``, no ``RAY_ADDRESS``):
+    its nodes are all there will be (no autoscaler), and they see this machine's data."""
+    return not (address or os.environ.get("RAY_ADDRESS"))
+
+
 def _reachable(address: str | None) -> None:
     """Fail fast on a ``host:port`` nobody listens at (Ray itself retries for minutes)."""
     import socket
@@ -366,7 +372,7 @@ def run_study(study: Study, output: str | Path = "results", *, address: str | No
               callbacks=(), stream: TextIO | None = None) -> Outcome:
     start = time.perf_counter()
     study_dir = prepare(study, output, resume)
-    fixed_nodes = not (address or os.environ.get("RAY_ADDRESS"))  # a local instance: no autoscaler
+    fixed_nodes = local_instance(address)
     check_data(study, trials_here=fixed_nodes)
     started = connect(address)
     try:
@@ -454,4 +460,4 @@ def _run(study: Study, study_dir: Path, resume: bool, callbacks: list, stream: T
     return outcome
 
 
-__all__ = ["run_study", "Outcome", "connect", "resources", "slots_to_run", "trial_id", "prepare"]
+__all__ = ["run_study", "Outcome", "connect", "local_instance", "resources", "slots_to_run", "trial_id", "prepare"]

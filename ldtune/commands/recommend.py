@@ -5,7 +5,6 @@ scores of the recommendations (see :mod:`ldtune.recommend`)."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -144,8 +143,9 @@ def main(a) -> int:
     epochs = a.epochs or int(source["workload"].get("epochs") or used["epochs"].median())
     dataset = a.dataset or source["workload"].get("dataset") or datasets[0]
     spec = build_spec(recs, a.model, dataset, epochs, source, a.trials, a.repeats, a.subset)
+    from ..runner import local_instance
     # missing data stops only a --confirm run here; a printed spec may be run where its data is
-    _check_spec(spec, trials_here=a.confirm and not (a.address or os.environ.get("RAY_ADDRESS")))
+    _check_spec(spec, trials_here=a.confirm and local_instance(a.address))
     if a.confirm and not spec["strategies"]:
         raise UserError("--confirm", "no recommendation held the accuracy-drop limit: nothing to confirm")
     out = _confirm_output(spec, a) if a.confirm else None  # checked before anything is printed

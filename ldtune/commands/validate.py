@@ -1,5 +1,6 @@
 """``ldtune validate STUDY.yaml``: check a study spec without running it (nothing is written): its
-fields, and where this machine holds its data, subset and test_subset within the dataset."""
+fields, and where this machine holds its data, subset within the dataset (a test_subset above the
+test set's size is a warning)."""
 from __future__ import annotations
 
 
