@@ -240,6 +240,19 @@ def trial_id(strategy: str, k: int) -> str:
 
 
 # ------------------------------------------------------------------------------------- results
+@dataclass
+class Standing:
+    """The rows of failed trials that ``--resume`` runs again. Each stands in the Parquet files until
+    its rerun ends, so an interrupted resume keeps the old error."""
+    rows: list[dict]
+    epoch_rows: list[dict]
+
+    def write(self, study_dir: Path, rows: list[dict], epoch_rows: list[dict]):
+        ran = {r["trial_id"] for r in rows}
+        return results.write(study_dir, rows + [r for r in self.rows if r["trial_id"] not in ran],
+                             epoch_rows + [r for r in self.epoch_rows if r["trial_id"] not in ran])
+
+
 def _callback_class():
     from ray import tune
 
@@ -248,8 +261,9 @@ def _callback_class():
         the Parquet files and prints one line."""
 
         def __init__(self, study: Study, study_dir: Path, rows: list, epochs: list, total: int, stream: TextIO,
-                     outcome: Outcome):
+                     outcome: Outcome, standing: Standing):
             self.study, self.study_dir, self.rows, self.epoch_rows = study, study_dir, rows, epochs
+            self.standing = standing
             self.total, self.stream, self.outcome = total, stream, outcome
             self.records: dict[str, dict[int, dict]] = {}
             self.done_before = len(rows)
@@ -291,7 +305,7 @@ def _callback_class():
             self.rows.append(row)
             self.epoch_rows.extend({"trial_id": c["trial_id"], **r}
                                    for _, r in sorted(self.records.pop(trial.trial_id, {}).items()))
-            df = results.write(self.study_dir, self.rows, self.epoch_rows)
+            df = self.standing.write(self.study_dir, self.rows, self.epoch_rows)
             mine = df[df["trial_id"] == c["trial_id"]].iloc[0]
             self._say(_line(mine, len(self.rows), self.total + self.done_before, c["hparams"]))
 
@@ -402,6 +416,7 @@ def _run(study: Study, study_dir: Path, resume: bool, callbacks: list, stream: T
     in_study = {trial_id(*s) for s in slots_to_run(study, set())}
     retry = [r for r in rows if r["status"] == "error" and r["trial_id"] in in_study]
     failed = {r["trial_id"] for r in retry}
+    standing = Standing(retry, [r for r in epoch_rows if r["trial_id"] in failed])
     rows = [r for r in rows if r["trial_id"] not in failed]
     epoch_rows = [r for r in epoch_rows if r["trial_id"] not in failed]
     slots = slots_to_run(study, {r["trial_id"] for r in rows})
@@ -425,7 +440,7 @@ def _run(study: Study, study_dir: Path, resume: bool, callbacks: list, stream: T
 
         searcher = _searcher_class()(slots, _optuna_searchers(study, study_dir, {s for s, _ in slots}, retry),
                                      make_config)
-        cb = _callback_class()(study, study_dir, rows, epoch_rows, total, stream, outcome)
+        cb = _callback_class()(study, study_dir, rows, epoch_rows, total, stream, outcome, standing)
         from .trainable import trainable
         tuner = tune.Tuner(
             tune.with_resources(trainable, {"cpu": cpu, "gpu": gpu}),
@@ -443,9 +458,8 @@ def _run(study: Study, study_dir: Path, resume: bool, callbacks: list, stream: T
         logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
         logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.CRITICAL)
         tuner.fit()
-    df = results.write(study_dir, rows, epoch_rows)
-    outcome.trials = df
-    done = set(df["trial_id"])
+    outcome.trials = standing.write(study_dir, rows, epoch_rows)
+    done = {r["trial_id"] for r in rows}
     outcome.interrupted = any(trial_id(*s) not in done for s in slots)
     outcome.wall_s = time.perf_counter() - start
     own = sum(v for v in outcome.trial_time_s.values() if v)

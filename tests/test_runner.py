@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import yaml
+from ray import tune
 
 from ldtune import cli, results, runner, study as study_mod
 
@@ -58,6 +59,18 @@ SPEC = {
     "plugins": ["ldtune_test_boom"],
 }
 EXPECTED_IDS = {"baseline-000", "baseline-001", "freezeout-000", "freezeout-001", "boom-000", "boom-001", "boom-002"}
+
+
+class ParquetProbe(tune.Callback):
+    """Reads trials.parquet back as each trial completes (after ldtune's own callback has written it)."""
+
+    def __init__(self, path: Path):
+        self.path, self.seen, self.errors = path, [], []
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        df = pd.read_parquet(self.path).set_index("trial_id")
+        self.seen.append((trial.config["trial_id"], df["status"].to_dict()))
+        self.errors.append(" ".join(df["error"].dropna()))
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +229,15 @@ def test_run_exits_1_when_a_trial_failed_and_keeps_the_others(ray_local, tmp_pat
     assert cli.main(["run", str(spec), "--output", str(out), "--resume"]) == 1  # boom-001 still failed
     assert capsys.readouterr().out.startswith("study tiny: 0 trials to run (3 done before)")
     pd.testing.assert_frame_equal(pd.read_parquet(out / "tiny" / "trials.parquet").set_index("trial_id"), again)
+    # until its rerun ends, a failed trial's old row stands in the files: a second baseline runs (and
+    # rewrites them) before boom-001 starts, and trials.parquet still holds boom-001's error then
+    spec.write_text(yaml.safe_dump({**SPEC, "baseline": {"repeats": 2}, "strategies": {"boom": {"trials": 2}}}))
+    probe = ParquetProbe(out / "tiny" / "trials.parquet")
+    outcome = runner.run_study(study_mod.load(spec), out, resume=True, callbacks=[probe])
+    assert probe.seen[0] == ("baseline-001", {**again["status"].to_dict(), "baseline-001": "ok"})
+    assert again.loc["boom-001", "error"] in probe.errors[0]
+    assert not outcome.interrupted
+    assert outcome.trials.set_index("trial_id")["status"].to_dict() == probe.seen[0][1]
 
 
 def test_resume_after_killed_driver_gives_the_same_rows(ray_local, finished, spec_file, tmp_path):
