@@ -10,6 +10,7 @@ Names: ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``, ``imagenette``,
 """
 from __future__ import annotations
 
+import copy
 import gzip
 import os
 from dataclasses import dataclass
@@ -120,9 +121,11 @@ class TensorData:
 class LoaderData:
     """A large dataset streamed by DataLoader workers (Imagenette, ImageFolder)."""
 
-    def __init__(self, name, train_set, test_set, num_classes: int, device: str, workers: int = 4):
+    def __init__(self, name, train_set, test_set, num_classes: int, device: str, workers: int = 4, plain_set=None):
         self.name, self.num_classes = name, num_classes
         self.train_set, self.test_set = train_set, test_set
+        # the training images with the test transform (no random crop or flip): what a feature cache holds
+        self.plain_set = train_set if plain_set is None else plain_set
         self.device = torch.device(device)
         # DataLoader worker processes; not fewer on a smaller machine: each worker draws its own
         # augmentations, so the worker count is part of what a seed reproduces
@@ -153,7 +156,7 @@ class LoaderData:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def train_plain(self, batch_size):
-        for x, y, idx in self._loader(_Indexed(self.train_set), batch_size, False):
+        for x, y, idx in self._loader(_Indexed(self.plain_set), batch_size, False):
             yield Batch(x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True), idx)
 
 
@@ -332,9 +335,12 @@ def _load_large(name, *, subset, seed, device, root, image_size, augment=True, d
         raise
     except Exception as e:
         raise UserError("data_root", f"cannot load {name}: {e}") from None
+    plain = copy.copy(tr)  # the same files, read with the test transform (both classes apply .transform)
+    plain.transform = test_tf
     if subset is not None:
         if not 0 < subset <= len(tr):
             raise UserError("subset", f"must be in 1..{len(tr)} for {name}, got {subset}")
         y = torch.as_tensor([t for _, t in getattr(tr, "samples", None) or tr._samples])  # ImageFolder, Imagenette
-        tr = torch.utils.data.Subset(tr, balanced_subset(y, subset, seed).tolist())
-    return LoaderData(name, tr, te, nc, device)
+        keep = balanced_subset(y, subset, seed).tolist()
+        tr, plain = torch.utils.data.Subset(tr, keep), torch.utils.data.Subset(plain, keep)
+    return LoaderData(name, tr, te, nc, device, plain_set=plain)

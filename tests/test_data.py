@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -58,9 +60,9 @@ def test_batches_cover_the_epoch_once(fmnist_small):
         data.epoch_slices(10, 4, 11)
 
 
-# 4 DataLoader workers on this 2-core machine, deliberately: the worker count is part of what a seed reproduces
-@pytest.mark.filterwarnings("ignore:This DataLoader will create 4 worker processes")
-def test_image_folder_streams_batches_like_tensor_data(tmp_path):
+@pytest.fixture
+def image_folder(tmp_path):
+    """An ImageFolder tree: 2 classes, 10 training and 2 validation images each, 12x12 random RGB."""
     from PIL import Image
     gen = torch.Generator().manual_seed(0)
     for split, n in (("train", 10), ("val", 2)):
@@ -69,13 +71,41 @@ def test_image_folder_streams_batches_like_tensor_data(tmp_path):
             for i in range(n):
                 rgb = torch.randint(0, 256, (12, 12, 3), generator=gen, dtype=torch.uint8).numpy()
                 Image.fromarray(rgb).save(tmp_path / split / cls / f"{i}.png")
-    d = data.load(f"imagefolder:{tmp_path}", image_size=8)
+    return tmp_path
+
+
+# 4 DataLoader workers on this 2-core machine, deliberately: the worker count is part of what a seed reproduces
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 4 worker processes")
+def test_image_folder_streams_batches_like_tensor_data(image_folder):
+    d = data.load(f"imagefolder:{image_folder}", image_size=8)
     assert (d.num_train, d.num_classes, d.in_channels, d.image_size) == (20, 2, 3, 8)
     batches = list(d.train_batches(6, torch.Generator().manual_seed(1)))
     assert [len(b.idx) for b in batches] == [6, 6, 6]  # the last partial batch is dropped
     batches = list(d.train_batches(8, torch.Generator().manual_seed(1), images=18))
     assert [(len(b.x), len(b.y), len(b.idx)) for b in batches] == [(8, 8, 8), (8, 8, 8), (2, 2, 2)]
     assert len(set(torch.cat([b.idx for b in batches]).tolist())) == 18 and batches[0].x.shape[1:] == (3, 8, 8)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 4 worker processes")
+def test_a_streamed_set_caches_its_images_without_augmentation(image_folder):
+    """What a feature cache is built from (``train_plain``) is each training image under the test
+    transform, every time: not one random crop or flip frozen into the cache for the whole run."""
+    from PIL import Image
+    d = data.load(f"imagefolder:{image_folder}", subset=12, image_size=8)
+    first, again = list(d.train_plain(5)), list(d.train_plain(5))
+    x, idx = torch.cat([b.x for b in first]), torch.cat([b.idx for b in first])
+    assert idx.tolist() == list(range(12)) and torch.equal(x, torch.cat([b.x for b in again]))
+    for i in (0, 7):
+        path = d.train_set.dataset.samples[d.train_set.indices[i]][0]
+        assert torch.equal(x[i], d.test_set.transform(Image.open(path).convert("RGB")))
+    # and a run whose frozen prefix is served from that cache trains on it
+    from ldtune.strategies import create
+    from ldtune.train import Workload, fit
+    w = Workload(model="resnet20", width=4, dataset=f"imagefolder:{image_folder}", subset=12, image_size=8,
+                 epochs=3, batch_size=4)
+    res = fit(w, create("freezeout", t0=0.3, schedule="linear", scale_lr=False, cache=True), data=d)
+    assert res.status == "ok" and res.epochs[-1]["active_blocks"] < res.epochs[0]["active_blocks"]
+    assert all(math.isfinite(e["train_loss"]) for e in res.epochs) and res.flops_saved > 0
 
 
 def test_streamed_sets_take_a_balanced_subset_within_their_size(tmp_path):
