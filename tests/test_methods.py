@@ -14,7 +14,7 @@ from ldtune.data import trim_test_set
 from ldtune.cost import CostTable
 from ldtune.data import load
 from ldtune.strategies import Context, create
-from ldtune.strategies.freezeout import freeze_times
+from ldtune.strategies.freezeout import FreezeOut, freeze_times
 from ldtune.strategies.layerdropback import is_drop_epoch, layers_of
 from ldtune.train import Workload, fit, lr_schedule
 
@@ -47,9 +47,8 @@ def test_freezeout_lr_curves_follow_eq1(schedule, scale_lr, t0):
     for i in range(n + 1):
         lin = t0 + (1 - t0) * i / n
         t_i = lin ** 3 if schedule == "cubic" else lin
-        a0 = 1 / t_i if scale_lr else 1.0
         for t in [k / 200 for k in range(201)]:
-            want = 0.5 * a0 * (1 + math.cos(math.pi * t / t_i)) if t < t_i else 0.0  # Eq. 1, then frozen
+            want = eq1(t, t_i, scale_lr)  # Eq. 1, then frozen
             assert s.lr_factors(t, 1.0)[i] == pytest.approx(want, abs=1e-12), (i, t)
     # the paper's worked numbers: t0 is given before cubing (0.5 -> 0.125, 0.8 -> 0.512)
     assert s.times[0] == pytest.approx(t0 ** 3 if schedule == "cubic" else t0)
@@ -57,6 +56,55 @@ def test_freezeout_lr_curves_follow_eq1(schedule, scale_lr, t0):
     # the head anneals like plain cosine over the whole run, at the base LR
     for t in (0.0, 0.3, 0.77, 0.99):
         assert s.lr_factors(t, 1.0)[-1] == pytest.approx(lr_schedule("cosine", t))
+
+
+def eq1(t: float, t_i: float, scale_lr: bool) -> float:
+    """FreezeOut's Eq. 1 as a multiple of the base LR: 0 once a block reached its t_i."""
+    return 0.5 * (1 / t_i if scale_lr else 1.0) * (1 + math.cos(math.pi * t / t_i)) if t < t_i else 0.0
+
+
+class StepSizeProbe(FreezeOut):
+    """FreezeOut that measures each block's step size: with plain SGD (no momentum, no weight
+    decay) a step moves a weight by -lr * grad, so lr = -delta / grad, whatever the loop set."""
+
+    def setup(self, ctx):
+        super().setup(ctx)
+        self.seen, self.before, self.t = [], None, None
+
+    def step_start(self, epoch, step, t):
+        self._measure()
+        super().step_start(epoch, step, t)
+        self.t = t
+
+    def after_backward(self, step):
+        super().after_backward(step)
+        self.before = [(i, p, p.detach().clone(), p.grad.detach().clone()) for i, p in
+                       [(i, next(m.parameters())) for i, m in enumerate([*self.ctx.model.blocks, self.ctx.model.head])]
+                       if p.grad is not None]
+
+    def epoch_end(self, epoch):
+        self._measure()
+        return super().epoch_end(epoch)
+
+    def _measure(self):
+        for i, p, w0, g in self.before or ():
+            big = g.abs() > 1e-3
+            self.seen.append((self.t, i, float((-(p.detach() - w0)[big] / g[big]).median())))
+        self.before = None
+
+
+@pytest.mark.parametrize("scale_lr", [True, False])
+def test_the_loop_steps_each_block_at_its_eq1_learning_rate(data, scale_lr):
+    """The per-block LRs reach the optimizer: every block's measured step size, at every step of a
+    real run, is the base LR times Eq. 1 at that step's t (the head: plain cosine, t_i = 1)."""
+    w = Workload(epochs=2, momentum=0.0, weight_decay=0.0, **SMALL)
+    s = StepSizeProbe(t0=0.5, schedule="linear", scale_lr=scale_lr)
+    assert fit(w, s, data=data).status == "ok"
+    times = freeze_times(0.5, len(s.blocks), "linear")
+    assert len({i for _, i, _ in s.seen}) == len(s.blocks) + 1 and len(s.seen) > 50
+    for t, i, lr in s.seen:
+        assert lr == pytest.approx(w.lr * eq1(t, times[i], scale_lr), rel=1e-3), (t, i)
+    assert {i for t, i, _ in s.seen if t >= times[0]} == set(range(1, len(s.blocks) + 1))  # block 0 frozen
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cubic"])
