@@ -232,6 +232,24 @@ def test_stochastic_depth_linear_decay_and_survival_scaling():
         s.step_start(0, step, 0.0)
         kept += torch.tensor([float(u.run_branch) for u in s.units])
     assert (kept / 2000).tolist() == pytest.approx([1 - d for d in s.drop], abs=0.04)
+    # evaluation runs every branch, scaled by its survival probability, whatever the last draw was
+    net.eval()
+    x = torch.randn(2, 4, 28, 28)  # the first units' input: width-4 maps
+    for u, d in zip(s.units[:3], s.drop):
+        u.run_branch = False
+        assert torch.allclose(u(x), u.post(u.shortcut(x) + (1 - d) * u.branch(x)), atol=1e-6)
+        assert not torch.allclose(u(x), u.post(u.shortcut(x) + u.branch(x)), atol=1e-3)
+
+
+def test_depth_dropout_eval_scale_scales_every_branch_by_its_keep_probability():
+    net = models.build("resnet20", 1, 10, width=4)
+    s = create("depth_dropout", p=0.25, eval_scale=True)
+    s.prepare_model(net)
+    net.eval()
+    x = torch.randn(2, 4, 28, 28)
+    u = s.units[0]
+    u.run_branch = False
+    assert torch.allclose(u(x), u.post(u.shortcut(x) + 0.75 * u.branch(x)), atol=1e-6)
 
 
 def test_stochastic_depth_uniform_rule():
