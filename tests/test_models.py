@@ -62,13 +62,7 @@ def test_cifar_resnets(depth, units):
     assert len(net.blocks) == 1 + units
     convs = [m for b in net.blocks[1:] for m in b.branch.modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) + 2 == depth  # stem conv + 2 per unit + the fc = 6n+2 weighted layers
-    x = torch.randn(3, 1, 28, 28)
-    manual = x
-    net.eval()
-    with torch.no_grad():
-        for b in net.blocks:
-            manual = b(manual)
-        assert torch.equal(net.head(manual), net(x))
+    assert net(torch.randn(3, 1, 28, 28)).shape == (3, 10)
     assert sum(b.downsample for b in net.blocks[1:]) == 2
 
 
@@ -89,12 +83,31 @@ def test_other_torchvision_nets_build_for_any_channels(name, size):
         out = net(torch.randn(2, 1, size, size))
     assert out.shape == (2, 5)
     assert len(net.blocks) > 4
-    x = torch.randn(2, 1, size, size)
-    with torch.no_grad():  # the blocks, then the head, are the whole net (what freezing and caching rely on)
-        manual = x
-        for b in net.blocks:
-            manual = b(manual)
-        assert torch.allclose(net.head(manual), net(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "efficientnet_b0", "densenet121"])
+def test_features_nets_blocks_equal_unsplit_torchvision(name):
+    """One block per child of ``features``, then the head, compute torchvision's own forward
+    (what freezing a prefix and caching its output rely on)."""
+    torch.manual_seed(0)
+    net = _split_matches(getattr(torchvision.models, name)(num_classes=5),
+                         lambda tv: models.features_blocks(tv, name, in_channels=3), in_channels=3)
+    assert len(net.blocks) > 4
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenet_v2"])
+def test_forward_from_a_prefix_output_is_the_whole_net(name):
+    """The loop runs a frozen prefix under no_grad (or takes it from the cache), then forward_from."""
+    net = models.build(name, in_channels=1, num_classes=5, width=4 if name == "resnet20" else None, image_size=28)
+    net.eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        whole = net(x)
+        for k in (1, 3, len(net.blocks)):
+            prefix = x
+            for b in net.blocks[:k]:
+                prefix = b(prefix)
+            assert torch.allclose(net.forward_from(prefix, k), whole, atol=1e-6)
 
 
 def test_skipped_branch_is_not_computed():
