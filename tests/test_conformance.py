@@ -60,6 +60,11 @@ class Observed(Strategy):
         self.steps: list[dict] = []  # per step: epoch, skipped, counted, full, measured
         self.epoch_flops: list[int] = []
         self.cached = 0
+        # per epoch: what a cache build or advance should cost, and what FlopCounterMode sees the loop
+        # run between epoch_start and the epoch's first step (where it builds or advances the cache)
+        self.cache_flops: list[int] = []
+        self.before_steps: list[int] = []
+        self.between = None
 
     def prepare_model(self, model):
         self.inner.prepare_model(model)
@@ -75,9 +80,16 @@ class Observed(Strategy):
             flops = self.ctx.cost.forward(self.cached, self.plan.cached) * self.ctx.extra["data"].num_train
             self.cached = self.plan.cached
         self.epoch_flops.append(flops)
+        self.cache_flops.append(flops)
+        self.between = FlopCounterMode(display=False)
+        self.between.__enter__()
         return self.plan
 
     def step_start(self, epoch, step, t):
+        if self.between is not None:
+            self.between.__exit__(None, None, None)
+            self.before_steps.append(self.between.get_total_flops())
+            self.between = None
         self.inner.step_start(epoch, step, t)
         self.epoch = epoch
         self.counter = FlopCounterMode(display=False) if step % MEASURE_EVERY == 1 else None
@@ -165,6 +177,7 @@ class TestConformance:
             else:
                 assert st["counted"] == st["full"], st
         assert [r["epoch_flops"] for r in res.epochs] == s.epoch_flops  # the loop counts the same
+        assert s.before_steps == s.cache_flops  # a cache is built (or advanced) once, at what it is counted
         assert res.train_flops == sum(s.epoch_flops)
         if name == "baseline":
             assert res.flops_saved == 0.0 and not any(st["skipped"] for st in s.steps)

@@ -150,13 +150,23 @@ def test_strategy_selects_from_its_scores(tmp_path, standardize_over, use_median
 # ---------------------------------------------------------------- real runs
 class _ForcedDrop:
     """Select K blocks at the end of epoch 0 (whatever the scores), and snapshot them at the start
-    of epoch 1; everything else is the real strategy."""
+    of epoch 1; everything else is the real strategy. FlopCounterMode watches all of epoch 2's
+    training, from its epoch_start to its last backward pass: what the loop really ran."""
 
     def epoch_start(self, epoch):
         plan = super().epoch_start(epoch)
         if epoch == 1:
             self.snapshot = copy.deepcopy(self.ctx.model.state_dict())
+        if epoch == 2:
+            self.counter = FlopCounterMode(display=False)
+            self.counter.__enter__()
         return plan
+
+    def after_backward(self, step):
+        super().after_backward(step)
+        if getattr(self, "counter", None) is not None and step == self.ctx.steps_per_epoch - 1:
+            self.counter.__exit__(None, None, None)
+            self.measured, self.counter = self.counter.get_total_flops(), None
 
     def epoch_end(self, epoch):
         rec = super().epoch_end(epoch)
@@ -200,6 +210,7 @@ def test_dropped_prefix_is_bit_identical_and_costs_what_it_should(cls, data, tmp
     # cost: the cached prefix has no forward at all; the frozen one runs forward, no backward
     assert cost.step(K, K) == cost.step(0, K) - cost.forward(0, K)
     assert e0["epoch_flops"] == steps * bs * cost.full_step()
+    assert s.measured == e2["epoch_flops"]  # a whole epoch counted as it ran (no second cache build)
     if cls is ForcedLearnDrop:
         assert e2["epoch_flops"] == steps * bs * cost.step(K, K)
         with torch.no_grad():  # a real step from cached maps, counted by FlopCounterMode: the table's figure
