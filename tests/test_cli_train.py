@@ -32,12 +32,32 @@ def test_train_json_contract():
     (["--data-root", "/nonexistent/dir"], "data_root"),
     (["--subset", "999999"], "subset"),
     (["--model", "resnet18"], "width"),  # --width 4 sets a CIFAR ResNet's channels only
+    (["--subset", "100", "--batch-size", "128"], "batch_size"),
+    # found once the net and data are there, before the first step
+    (["--subset", "64", "--epochs", "2", "--strategy", "layerdropback", "--set", "kappa=8", "--set", "s=1"],
+     "layerdropback.kappa"),
+    (["--strategy", "layerdropback", "--set", "reading=equations", "--set", "p=0"], "layerdropback.p"),
 ])
 def test_bad_input_exits_2_naming_the_field(args, field, capsys):
-    code = main(["train", "--dataset", "digits", "--width", "4", "--epochs", "1", *args])
-    err = capsys.readouterr().err
-    assert code == 2
+    code = main(["train", "--dataset", "digits", "--width", "4", "--epochs", "1", "--json", *args])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
     assert err.count("\n") == 1 and f"error: {field}:" in err
+
+
+def test_strategies_lists_every_registered_one_with_units_and_shows_a_card(capsys):
+    from ldtune.strategies import REGISTRY
+    assert main(["strategies"]) == 0
+    out = capsys.readouterr().out
+    assert [ln[3:] for ln in out.splitlines() if ln.startswith("== ")] == sorted(REGISTRY)
+    for name, cls in REGISTRY.items():
+        for key, h in cls.hparams.items():
+            assert f"  {key}: {h.kind.__name__}" in out and f"({h.unit})" in out, (name, key)
+    assert main(["strategies", "freezeout"]) == 0
+    card = capsys.readouterr().out
+    assert card.startswith("== freezeout\n") and "Paper:" in card and "t0:" in card
+    assert main(["strategies", "nosuch"]) == 2
+    assert capsys.readouterr().err.startswith("ldtune: error: strategy: unknown strategy 'nosuch'")
 
 
 def test_argparse_errors_exit_2(capsys):
