@@ -1,6 +1,7 @@
 """The loop: learns, reports per epoch, is seeded, stops on divergence, obeys a strategy's plan."""
 import dataclasses
 
+import pytest
 import torch
 
 from ldtune import strategies
@@ -68,3 +69,11 @@ def test_loop_obeys_a_frozen_prefix(fmnist_small):
     assert [e["active_blocks"] for e in r.epochs] == [10, 8, 8]
     assert r.epochs[2]["epoch_flops"] < r.epochs[0]["epoch_flops"] and 0 < r.flops_saved < 0.5
     assert r.epochs[1]["trainable_params"] < r.epochs[0]["trainable_params"]
+
+
+def test_lr_schedules():
+    from ldtune.train import lr_schedule
+    assert [lr_schedule("cosine", t) for t in (0.0, 0.5, 1.0, 1.2)] == pytest.approx([1.0, 0.5, 0.0, 0.0])
+    assert [lr_schedule("step", t) for t in (0.0, 0.49, 0.5, 0.74, 0.75, 1.0)] == pytest.approx(
+        [1.0, 1.0, 0.1, 0.1, 0.01, 0.01])  # x0.1 at 50% and at 75% of training
+    assert {lr_schedule("constant", t) for t in (0.0, 0.5, 1.0)} == {1.0}
