@@ -153,6 +153,8 @@ class _ForcedDrop:
     of epoch 1; everything else is the real strategy. FlopCounterMode watches all of epoch 2's
     training, from its epoch_start to its last backward pass: what the loop really ran."""
 
+    counter = None
+
     def epoch_start(self, epoch):
         plan = super().epoch_start(epoch)
         if epoch == 1:
@@ -164,7 +166,7 @@ class _ForcedDrop:
 
     def after_backward(self, step):
         super().after_backward(step)
-        if getattr(self, "counter", None) is not None and step == self.ctx.steps_per_epoch - 1:
+        if self.counter is not None and step == self.ctx.steps_per_epoch - 1:
             self.counter.__exit__(None, None, None)
             self.measured, self.counter = self.counter.get_total_flops(), None
 
