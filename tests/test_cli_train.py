@@ -80,3 +80,21 @@ def test_a_warm_up_too_long_for_the_run_is_warned_of(capsys):
     assert main(["train", "--dataset", "digits", "--width", "4", "--epochs", "2", "--strategy", "learn_drop",
                  "--set", "warmup_epochs=0"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+# every dependency of the study platform that is not PyTorch's: none of them installed
+NOT_TORCH = ("ray", "optuna", "pyarrow", "pandas", "seaborn", "matplotlib", "pydantic", "sklearn", "scipy",
+             "mlxtend", "duckdb")
+
+
+def test_bench_runs_where_only_pytorch_is_installed():
+    """scripts/gpu_figures.sh runs `python -m ldtune bench` with a GPU machine's bare PyTorch and
+    PyYAML. A module set to None in sys.modules cannot be imported, as if not installed."""
+    code = (f"import sys\nfor n in {NOT_TORCH!r}: sys.modules[n] = None\n"
+            "from ldtune.cli import main\n"
+            "sys.exit(main(['bench', '--model', 'resnet20', '--width', '4', '--subset', '256', '--test-subset', '200',"
+            " '--epochs', '1', '--repeats', '1', '--threads', '1', '--strategies', 'freezeout', '--json']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [(r["strategy"], r["status"]) for r in rows["rows"]] == [("baseline", "ok"), ("freezeout", "ok")]

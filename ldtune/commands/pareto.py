@@ -10,9 +10,8 @@ import json
 import math
 import sys
 
-import pandas as pd
-
-from ..pareto import format_value, load, pareto
+# pandas and pyarrow load when the command runs, not when the CLI is built: `ldtune bench` and
+# `ldtune train` must work where only PyTorch is installed (scripts/gpu_figures.sh).
 
 OUT_COLUMNS = ("model", "dataset", "front", "strategy", "hyperparameters", "test_accuracy", "accuracy_delta",
                "time_saved", "flops_saved", "speedup", "study", "trial_id")
@@ -25,12 +24,14 @@ def hparam_columns(df) -> list[str]:
 
 
 def _isnull(v) -> bool:
+    import pandas as pd
     return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
 
 
 def hparams_text(row, columns) -> str:
     """``key=value`` pairs of a row's hyperparameters, e.g. ``p=0.5 s=2``; ``-`` if none. For a
     registered strategy: the ones it searches, and any other held at a value not its default."""
+    from ..pareto import format_value
     specs = _registry().get(row["strategy"])
     specs = specs.hparams if specs is not None else None
     parts = []
@@ -73,6 +74,7 @@ def configure(p) -> None:
 
 def front_table(a):
     """The rows to print (a pandas frame with OUT_COLUMNS), from the parsed arguments."""
+    from ..pareto import load, pareto
     trials = load(a.dir)
     hp = hparam_columns(trials)
     res = pareto(trials, by=("model", "dataset"), model=a.model, dataset=a.dataset, strategy=a.strategy,
