@@ -352,20 +352,37 @@ def prepare(study: Study, output: str | Path, resume: bool) -> Path:
     if has_results and not resume:
         raise UserError("--output", f"{study_dir} already holds study {study.name!r}; pass --resume to finish it, "
                         "or choose another --output")
-    if resume and not has_results:
-        warnings.warn(f"--resume: {study_dir} holds no study {study.name!r} to resume; starting it", stacklevel=2)
+    if resume and not has_results:  # a mistyped --output would otherwise run the whole study again
+        raise UserError("--resume", f"{study_dir} holds no study {study.name!r} to resume; "
+                        "check --output, or leave out --resume to start it")
     if resume and saved.is_file():
         before = yaml.safe_load(saved.read_text()) or {}
         now = study.to_dict()
         for key in ("workload", "test_subset", "seed", "sampler", "plugins"):
-            if before.get(key) != now.get(key):
-                raise UserError(key, f"differs from the study being resumed ({saved}); resume with the same spec")
+            field_, was, is_ = first_difference(key, before.get(key), now.get(key))
+            if field_ is not None:
+                raise UserError(field_, f"{is_!r} here, {was!r} in the study being resumed ({saved}); "
+                                "resume with the same spec")
         for name, s in now["strategies"].items():
             old = (before.get("strategies") or {}).get(name)
-            if old is not None and old.get("search") != s["search"]:
-                raise UserError(f"strategies.{name}.search", f"differs from the study being resumed ({saved}); "
+            field_, was, is_ = first_difference(f"strategies.{name}.search", (old or {}).get("search"), s["search"])
+            if old is not None and field_ is not None:
+                raise UserError(field_, f"{is_!r} here, {was!r} in the study being resumed ({saved}); "
                                 "where the spec sets no search, ldtune's default range changed since")
     return study_dir
+
+
+def first_difference(path: str, a, b) -> tuple[str | None, object, object]:
+    """``(dotted path, a's value, b's value)`` of the first place where two plain configs differ
+    (dicts compared key by key, in sorted order), or ``(None, a, b)`` where they are equal."""
+    if a == b:
+        return None, a, b
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            found = first_difference(f"{path}.{k}", a.get(k), b.get(k))
+            if found[0] is not None:
+                return found
+    return path, a, b
 
 
 def check_output_dir(output: Path) -> None:

@@ -187,8 +187,33 @@ def test_rerun_without_resume_refuses_and_keeps_results(finished, spec_file, cap
     changed = spec_file.with_name("changed.yaml")
     changed.write_text(yaml.safe_dump({**SPEC, "workload": {**SPEC["workload"], "epochs": 2}}))
     assert cli.main(["run", str(changed), "--output", str(study_dir.parent), "--resume"]) == 2
-    assert capsys.readouterr().err.startswith("ldtune: error: workload:")
+    assert capsys.readouterr().err == (f"ldtune: error: workload.epochs: 2 here, {SPEC['workload']['epochs']} in the "
+                                       f"study being resumed ({study_dir / 'study.yaml'}); resume with the same spec\n")
     assert {f: (study_dir / f).read_bytes() for f in results.FILES} == before
+
+
+@pytest.mark.parametrize("started", [False, True])
+def test_ctrl_c_advises_resume_only_once_the_study_has_started(started, ray_local, spec_file, tmp_path, capsys, monkeypatch):
+    def interrupted(study, output, **_):  # Ctrl-C while Ray starts, or once the study wrote its config
+        if started:
+            (Path(output) / study.name).mkdir(parents=True)
+            (Path(output) / study.name / runner.CONFIG_FILE).write_text("name: tiny\n")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_study", interrupted)
+    assert cli.main(["run", str(spec_file), "--output", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert ("--resume` runs the rest" in err) == started
+    assert ("nothing was written" in err) == (not started)
+
+
+def test_resume_where_no_study_ran_exits_2_and_starts_nothing(ray_local, spec_file, tmp_path, capsys):
+    out = tmp_path / "typo"  # a mistyped --output must not run the whole study
+    assert cli.main(["run", str(spec_file), "--output", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ldtune: error: --resume: {out / SPEC['name']} holds no study") and err.count("\n") == 1
+    assert not out.exists()
 
 
 def test_a_trial_that_fits_no_node_exits_2_and_writes_nothing(ray_local, tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from pathlib import Path
 
 
 def configure(p) -> None:
@@ -19,15 +20,18 @@ def configure(p) -> None:
 
 def main(a) -> int:
     from .. import study as study_mod
-    from ..runner import run_study
+    from ..runner import CONFIG_FILE, run_study
 
     study = study_mod.load(a.spec)
     resume = f"`ldtune run {shlex.quote(a.spec)} --output {shlex.quote(a.output)} --resume`"
     try:
         outcome = run_study(study, a.output, address=a.address, resume=a.resume)
     except KeyboardInterrupt:
-        print(f"interrupted; the finished trials are in {a.output}/{study.name}; "
-              f"{resume} runs the rest", file=sys.stderr)
+        if (Path(a.output) / study.name / CONFIG_FILE).is_file():
+            print(f"interrupted; the finished trials are in {a.output}/{study.name}; "
+                  f"{resume} runs the rest", file=sys.stderr)
+        else:
+            print("interrupted before the study started; nothing was written", file=sys.stderr)
         return 130
     if outcome.interrupted:
         print(f"interrupted; {resume} runs the remaining trials", file=sys.stderr)
