@@ -57,8 +57,10 @@ REQUIRED = {"trials": _TRIALS, "pareto": _TRIALS + ["front"], "epochs": ["trial_
 def load(directory, table: str = "trials") -> pd.DataFrame:
     """Every study's ``trials`` (or ``epochs``) table under ``directory`` as one pandas frame.
 
-    ``directory`` is a results directory (``DIR/<study>/trials.parquet``) or one study's own
-    directory. Rows get a ``study`` column (the directory name) where the file has none.
+    ``directory`` is a results directory (``DIR/<study>/trials.parquet``, at any depth: the demo's
+    ``results/demo-<time>/quickstart`` too) or one study's own directory. Rows get a ``study``
+    column (the directory name) where the file has none; a study found deeper than
+    ``DIR/<study>`` is named by its path under DIR, so two runs of one spec stay apart.
     """
     if table not in ("trials", "epochs", "pareto"):
         raise UserError("table", f"must be trials, epochs or pareto, got {table!r}")
@@ -66,7 +68,7 @@ def load(directory, table: str = "trials") -> pd.DataFrame:
     if not root.is_dir():
         raise UserError(str(root), "no such directory")
     study_dirs = [root] if (root / "trials.parquet").is_file() else sorted(
-        d for d in root.iterdir() if (d / "trials.parquet").is_file())
+        {p.parent for p in root.rglob("trials.parquet")})
     if not study_dirs:
         raise UserError(str(root), "no study results here (expected DIR/<study>/trials.parquet)")
     frames = []
@@ -83,6 +85,8 @@ def load(directory, table: str = "trials") -> pd.DataFrame:
             raise UserError(str(path), f"missing column {missing[0]!r}: not an ldtune {table} table")
         if "study" not in df.columns:
             df.insert(0, "study", d.name)
+        if len(d.relative_to(root).parts) > 1:
+            df["study"] = d.relative_to(root).as_posix()
         frames.append(df)
     if not frames:
         raise UserError(str(root), f"no {table}.parquet in any study directory")

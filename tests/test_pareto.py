@@ -229,3 +229,21 @@ def test_load_and_fronts_api(results):
     assert set(pooled.loc[(pooled["front"] == "freezeout"), "trial_id"]) == {"z2"}
     dup = pareto(pd.concat([trials, trials]), by=("model", "dataset"), dataset="digits")
     assert sorted(dup.loc[dup["front"] == "all", "trial_id"]) == ["m1", "m1"]  # m1 dominates m0 (same accuracy, saves more)
+
+
+def test_studies_deeper_under_the_directory_are_found_and_kept_apart(tmp_path, capsys):
+    """The demo writes results/demo-<time>/quickstart: `ldtune pareto results` sees every run, and
+    two runs of one spec (same study name, same trial ids) stay apart in the tables and the plot."""
+    rows = [trial("b0", "baseline", 0.85, 0.0, 0.0), trial("f1", "freezing", 0.84, 0.20, 0.25, warmup_epochs=1)]
+    for run in ("demo-1", "demo-2"):
+        write_study(tmp_path / "results" / run, "quick", rows)
+    trials, epochs = load(tmp_path / "results"), load(tmp_path / "results", "epochs")
+    assert sorted(set(trials["study"])) == sorted(set(epochs["study"])) == ["demo-1/quick", "demo-2/quick"]
+    assert len(trials) == 4 and len(epochs) == 8
+    code, out, err = run_cli(capsys, "pareto", str(tmp_path / "results"), "--format", "json")
+    assert (code, err) == (0, "")
+    assert sorted((r["study"], r["trial_id"]) for r in json.loads(out)) == [
+        ("demo-1/quick", "b0"), ("demo-1/quick", "f1"), ("demo-2/quick", "b0"), ("demo-2/quick", "f1")]
+    png = tmp_path / "fronts.png"
+    code, _, err = run_cli(capsys, "plot", str(tmp_path / "results"), "-o", str(png))
+    assert code == 0 and png.stat().st_size > 0
