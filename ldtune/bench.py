@@ -25,6 +25,7 @@ import torch
 from . import models, strategies
 from .data import trim_test_set
 from .train import Workload, fit, load_data
+from .text import plural, subset_text
 
 MIN_SAVING = 0.05  # fraction of FLOPs: below this, efficiency is noise over noise and is not reported
 
@@ -90,8 +91,9 @@ def _test_count(data) -> int | None:
 
 def format_table(report: dict) -> str:
     width = f" (width {report['width']})" if report["width"] else ""
-    head = (f"{report['model']}{width} on {report['dataset']} (subset {report['subset']}), "
-            f"{report['epochs']} epochs, {report['repeats']} interleaved repeats, {report['device_name']}; "
+    head = (f"{report['model']}{width} on {report['dataset']} ({subset_text(report['subset'])}), "
+            f"{plural(report['epochs'], 'epoch')}, {plural(report['repeats'], 'interleaved repeat')}, "
+            f"{report['device_name']}; "
             + (f"baseline times within ±{report['baseline_spread']:.1%} of their median" if report["repeats"] > 1
                else "one repeat: no estimate of the timing noise"))
     lines = [head, f"{'strategy':<18}{'flops_saved':>12}{'time_saved':>12}{'efficiency':>12} {'accuracy':>10}"
@@ -108,7 +110,7 @@ def format_table(report: dict) -> str:
     for r in report["rows"][1:]:
         if r["flops_saved"] < MIN_SAVING and r["status"] == "ok":  # often a default meant for longer runs
             hp = ", ".join(f"{k}={v}" for k, v in r.get("hparams", {}).items())
-            lines.append(f"{r['strategy']} skipped little ({r['flops_saved']:.1%} of FLOPs) in {report['epochs']} "
-                         f"epochs with {hp}: a short run or these settings leave it little to skip; "
+            lines.append(f"{r['strategy']} skipped little ({r['flops_saved']:.1%} of FLOPs) in "
+                         f"{plural(report['epochs'], 'epoch')} with {hp}: a short run or these settings leave it little to skip; "
                          f"`ldtune strategies {r['strategy']}` suggests values (--set {r['strategy']}.KEY=VALUE)")
     return "\n".join(lines)

@@ -38,6 +38,7 @@ import yaml
 from . import results
 from .errors import UserError
 from .study import Study, check_data
+from .text import plural
 
 OBJECTIVES = (["test_accuracy", "train_time_s"], ["max", "min"])
 CONFIG_FILE = "study.yaml"  # the resolved config, beside the results
@@ -440,7 +441,7 @@ def _run(study: Study, study_dir: Path, resume: bool, callbacks: list, stream: T
     outcome = Outcome(study_dir=study_dir, trials=None, interrupted=False, wall_s=0.0)
     total = len(slots)
     before = [f"{len(rows)} done before"] * bool(rows) + [f"{len(failed)} that failed before run again"] * bool(failed)
-    print(f"study {study.name}: {total} trial{'s' if total != 1 else ''} to run"
+    print(f"study {study.name}: {plural(total, 'trial')} to run"
           + (f" ({'; '.join(before)})" if before else "")
           + f", {cpu:g} CPU and {gpu:g} GPU per trial, Ray {ray.__version__} "
           f"({len(ray.nodes())} node(s), {ray.cluster_resources().get('CPU', 0):g} CPUs); results in {study_dir}",

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from . import strategies
 from .errors import UserError
 from .train import Workload
+from .text import plural, subset_text
 
 ALL = "all"  # key under `strategies` that stands for every registered strategy not listed
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -338,8 +339,8 @@ def _default_dim(hp, epochs: int) -> Dim:
 
 def summary(study: Study) -> str:
     """A few lines saying what the study will run."""
-    lines = [f"study {study.name}: {study.total_trials} trials of {study.workload.model} on "
-             f"{study.workload.dataset} ({study.workload.epochs} epochs, subset {study.workload.subset}), "
+    lines = [f"study {study.name}: {plural(study.total_trials, 'trial')} of {study.workload.model} on "
+             f"{study.workload.dataset} ({plural(study.workload.epochs, 'epoch')}, {subset_text(study.workload.subset)}), "
              f"sampler {study.sampler}"]
     for p in study.plans:
         space = ", ".join(f"{k} in {d.to_yaml()}" for k, d in p.space.items()) or "nothing searched"

@@ -78,13 +78,15 @@ def test_table_marks_time_savings_within_the_baselines_spread():
     assert "within ±10.0%" in lines[0]
     assert "0.83 " in lines[3] and "*" not in lines[3]  # 0.25 / 0.3, clear of the noise
     assert "0.17*" in lines[4] and lines[-1].startswith("* time_saved within")
-    report["repeats"] = 1
-    assert "no estimate of the timing noise" in format_table(report).splitlines()[0]
+    assert lines[0].startswith("resnet20 (width 8) on fashion_mnist (subset 256), 1 epoch, 3 interleaved repeats, ")
+    report["repeats"], report["subset"] = 1, None
+    assert format_table(report).splitlines()[0].startswith(
+        "resnet20 (width 8) on fashion_mnist (all images), 1 epoch, 1 interleaved repeat, cpu; one repeat: no estimate of the timing noise")
     # a strategy that skipped (almost) nothing is named, with the settings that made it so
     report["rows"].append(row("late", 0.0, False) | {"flops_saved": 0.01, "efficiency": None,
                                                      "hparams": {"warmup_epochs": 5}})
     assert format_table(report).splitlines()[-1].startswith(
-        "late skipped little (1.0% of FLOPs) in 1 epochs with warmup_epochs=5: a short run or these settings")
+        "late skipped little (1.0% of FLOPs) in 1 epoch with warmup_epochs=5: a short run or these settings")
     assert sum("skipped little" in line for line in format_table(report).splitlines()) == 1
 
 

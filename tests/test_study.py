@@ -242,3 +242,9 @@ def test_unreachable_address_exits_2_and_writes_nothing(tmp_path, capsys):
     assert cli.main(["run", str(spec), "--output", str(out), "--address", "127.0.0.1:1"]) == 2
     assert capsys.readouterr().err.startswith("ldtune: error: --address: no Ray cluster at 127.0.0.1:1")
     assert not out.exists()
+
+
+def test_counts_read_as_english():
+    from ldtune.text import plural, subset_text
+    assert [plural(n, "epoch") for n in (0, 1, 2)] == ["0 epochs", "1 epoch", "2 epochs"]
+    assert (subset_text(None), subset_text(512)) == ("all images", "subset 512")

@@ -10,6 +10,8 @@ import json
 import math
 import sys
 
+from ..text import plural
+
 # pandas and pyarrow load when the command runs, not when the CLI is built: `ldtune bench` and
 # `ldtune train` must work where only PyTorch is installed (scripts/gpu_figures.sh).
 
@@ -100,7 +102,7 @@ def render_table(res, by: str) -> str:
         if lines:
             lines.append("")
         lines.append(f"{model} / {dataset}: {'front of each strategy' if by == 'strategy' else 'global front'}"
-                     f" ({len(rows)} trial{'s' * (len(rows) != 1)})")
+                     f" ({plural(len(rows), 'trial')})")
         fmt = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
         lines.append(fmt(heads).rstrip())
         lines.extend(fmt(x).rstrip() for x in rows)

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserError
+from ..text import plural
 
 
 def configure(p) -> None:
@@ -107,7 +108,7 @@ def explain(recs, datasets, model, target, epochs, limit) -> list[str]:
         lines.append(f"# {r.strategy}: {cfg}{own}; {verdict};"
                      f" worst case {_pct(r.worst_saved)} time saved, {_pp(r.worst_delta)}")
         for x in r.per_dataset.itertuples():
-            lines.append(f"#   {x.dataset:<16} {_pct(x.time_saved):>7} saved  {_pp(x.accuracy_delta):>10}  ({x.trials} trial{'s' * (x.trials != 1)})")
+            lines.append(f"#   {x.dataset:<16} {_pct(x.time_saved):>7} saved  {_pp(x.accuracy_delta):>10}  ({plural(x.trials, 'trial')})")
     return lines
 
 

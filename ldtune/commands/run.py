@@ -6,6 +6,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..text import plural
+
 
 def configure(p) -> None:
     p.add_argument("spec", metavar="STUDY.yaml", help="study spec (see studies/quickstart.yaml)")
@@ -40,7 +42,7 @@ def main(a) -> int:
           f"(ldtune pareto {a.output})")
     failed = int((outcome.trials["status"] == "error").sum())
     if failed:  # the study went on around them, but a script running it should know
-        print(f"{failed} of {len(outcome.trials)} trial{'s' if len(outcome.trials) != 1 else ''} failed; "
+        print(f"{failed} of {plural(len(outcome.trials), 'trial')} failed; "
               f"their errors are in the error column of trials.parquet; "
               f"{resume} runs them again", file=sys.stderr)
         return 1

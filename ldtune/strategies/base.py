@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import UserError
+from ..text import plural
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class HParam:
         """A warning naming ``where`` when ``value`` never acts in ``epochs`` epochs (not an error:
         the run is valid, only pointless for this hyperparameter)."""
         if self.never_acts(value, epochs):
-            warnings.warn(f"{where}: {value} never acts in {epochs} epochs (at most "
+            warnings.warn(f"{where}: {value} never acts in {plural(epochs, 'epoch')} (at most "
                           f"{self.largest_acting(epochs)} does)", stacklevel=2)
 
     def check(self, name: str, value: Any, strategy: str) -> Any:
