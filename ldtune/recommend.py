@@ -25,7 +25,7 @@ saved with the best the study itself found: the most time saved by any of its co
 same limit, judged by the same smoothed estimates (so a noisy lucky trial does not count as the
 best, and recommending exactly the study's best config gives no regret), or 0 (the baseline's)
 if none held. The difference is the regret; it is negative where the recommendation broke the
-limit to save more.
+limit to save more, so the per-strategy summary averages it over the folds where the limit held.
 """
 from __future__ import annotations
 
@@ -277,9 +277,12 @@ def evaluate(trials: pd.DataFrame, max_accuracy_drop: float = DEFAULT_DROP, band
 
 
 def summarize(ev: pd.DataFrame) -> pd.DataFrame:
-    """Per strategy: mean regret in time saved and how often the drop limit held."""
+    """Per strategy: how often the drop limit held, and the mean and largest regret over the folds
+    where it held (NaN if none). A fold that broke the limit is a failure, not a saving: its
+    negative regret must not make the mean look better."""
     g = ev.groupby("strategy", sort=True)
-    return pd.DataFrame({"held_out_datasets": g.size(), "mean_regret": g["regret"].mean(),
-                         "max_regret": g["regret"].max(), "held": g["held"].sum()}).reset_index()
+    held = ev[ev["held"]].groupby("strategy")["regret"]
+    return pd.DataFrame({"held_out_datasets": g.size(), "mean_regret": held.mean(), "max_regret": held.max(),
+                         "held": g["held"].sum()}).reset_index()
 
 

@@ -128,6 +128,11 @@ def test_leave_one_dataset_out_regret(results):
     assert b["best_time_saved"] == pytest.approx(0.2, abs=0.01)
     s = summarize(ev.reset_index()).set_index("strategy")
     assert s.loc["freezing", "held"] == 2 and s.loc["freezing", "held_out_datasets"] == 3
+    # the regret is averaged over the folds that held: mnist5k's fold saved more by breaking the limit
+    assert b["regret"] < 0
+    held = ev.xs("freezing", level="strategy").query("held")["regret"]
+    assert s.loc["freezing", "mean_regret"] == pytest.approx(held.mean())
+    assert s.loc["freezing", "max_regret"] == pytest.approx(held.max())
     # held out digits: the others say p = 0.8, which diverged on digits
     assert s.loc["layerdropback", "held"] == 2 and not ev.loc[("digits", "layerdropback")]["held"]
 
@@ -159,6 +164,15 @@ def test_cli_evaluate(results, capsys):
     assert summary["layerdropback"]["held"] == 2
     fold = next(f for f in recs["folds"] if (f["held_out"], f["strategy"]) == ("fashion_mnist", "freezing"))
     assert fold["config"] == "warmup_fraction=0.6" and fold["regret"] == pytest.approx(0.1, abs=0.01)
+
+
+def test_cli_evaluate_table_shows_no_regret_where_the_limit_never_held(results, capsys):
+    assert cli(["recommend", "--evaluate", str(results), "--max-accuracy-drop", "0.05"]) == 0
+    out = capsys.readouterr().out
+    summary = out[out.index("per strategy:"):].splitlines()[1:]
+    assert summary[0].split() == ["strategy", "held-out", "datasets", "limit", "held", "mean", "regret", "where",
+                                  "held", "max", "regret", "where", "held"]
+    assert {tuple(line.split()[2:]) for line in summary[1:]} == {("0/3", "-", "-")}
 
 
 def test_cli_confirm_runs_a_short_study_on_the_new_dataset(results, tmp_path, capsys):

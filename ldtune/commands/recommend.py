@@ -212,10 +212,15 @@ def _evaluate(trials, a) -> int:
              _pct(r.best_time_saved), f"{100 * r.regret:+.1f} pp", "yes" if r.held else "NO"] for r in ev.itertuples()]
     print(_table(heads, rows))
     print("\nper strategy:")
-    srows = [[s.strategy, str(s.held_out_datasets), f"{100 * s.mean_regret:+.1f} pp", f"{100 * s.max_regret:+.1f} pp",
-              f"{s.held}/{s.held_out_datasets}"] for s in summary.itertuples()]
-    print(_table(["strategy", "held-out datasets", "mean regret", "max regret", "limit held"], srows))
+    srows = [[s.strategy, str(s.held_out_datasets), f"{s.held}/{s.held_out_datasets}", _regret(s.mean_regret),
+              _regret(s.max_regret)] for s in summary.itertuples()]
+    print(_table(["strategy", "held-out datasets", "limit held", "mean regret where held", "max regret where held"],
+                 srows))
     return 0
+
+
+def _regret(v) -> str:
+    return "-" if v != v else f"{100 * v:+.1f} pp"  # NaN: the limit held nowhere
 
 
 def _table(heads, rows) -> str:
