@@ -19,6 +19,7 @@ Example (``studies/quickstart.yaml`` is a complete one)::
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import re
 import typing
@@ -184,12 +185,43 @@ def load(path: str | Path) -> Study:
     except UnicodeDecodeError:
         raise UserError(str(path), "not UTF-8 text (a study spec is a YAML file)") from None
     except yaml.YAMLError as e:
-        raise UserError(str(path), f"not valid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise UserError(str(path), f"not valid YAML{where}: {getattr(e, 'problem', None) or str(e).splitlines()[0]}"
+                        ) from None
     if not isinstance(raw, dict):
         raise UserError(str(path), "a study spec is a YAML mapping (name, workload, strategies, ...)")
     study = from_dict(raw)
     study.source = str(path)
     return study
+
+
+def _explain(err: dict) -> str:
+    """pydantic's message for one error, with what a user needs to fix it: the known keys (and the
+    nearest one) for an unknown key, the value given for a wrong one."""
+    if err["type"] == "extra_forbidden":
+        known = _known_keys(err["loc"][:-1])
+        if known:
+            near = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+            return ("unknown key" + (f" (did you mean {near[0]!r}?)" if near else "")
+                    + f"; known: {', '.join(known)}")
+    value = err.get("input")
+    if isinstance(value, (str, int, float, bool)) and err["type"] != "missing":
+        return f"{err['msg']}, got {value!r}"
+    return err["msg"]
+
+
+def _known_keys(loc: tuple) -> list[str] | None:
+    """The field names of the spec section at ``loc`` (e.g. ``("strategies", "freezeout")``)."""
+    t: Any = StudySpec
+    for part in loc:
+        if isinstance(t, type) and issubclass(t, BaseModel) and part in t.model_fields:
+            t = t.model_fields[part].annotation
+        elif typing.get_origin(t) is dict:
+            t = typing.get_args(t)[1]
+        else:
+            return None
+    return list(t.model_fields) if isinstance(t, type) and issubclass(t, BaseModel) else None
 
 
 def from_dict(raw: dict) -> Study:
@@ -198,7 +230,7 @@ def from_dict(raw: dict) -> Study:
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or "spec"
-        raise UserError(loc, err["msg"]) from None
+        raise UserError(loc, _explain(err)) from None
     for module in spec.plugins:
         try:
             importlib.import_module(module)

@@ -135,7 +135,8 @@ def test_bad_spec_exits_2_naming_the_field_and_writes_nothing(tmp_path, capsys, 
 
 
 @pytest.mark.parametrize("text,why", [
-    ("name: [unclosed", "not valid YAML"), ("- a\n- list\n", "YAML mapping"), (b"\xff\xfe\x00bin", "not UTF-8"),
+    ("name: [unclosed", "not valid YAML at line 1, column 16: expected ',' or ']'"),
+    ("name: t\nworkload:\n  model: resnet20\n   dataset: x\n", "not valid YAML at line 4, column 11:"), ("- a\n- list\n", "YAML mapping"), (b"\xff\xfe\x00bin", "not UTF-8"),
     ("name: t\nworkload: {epochs: 2}\nworkload: {epochs: 50}\n", "duplicate key 'workload' (line 3)"),
 ])
 def test_bad_spec_file_is_named(tmp_path, capsys, text, why):
@@ -148,6 +149,20 @@ def test_bad_spec_file_is_named(tmp_path, capsys, text, why):
     assert "missing.yaml: no such file" in capsys.readouterr().err
     assert cli.main(["validate", str(tmp_path)]) == 2
     assert capsys.readouterr().err == f"ldtune: error: {tmp_path}: a directory, not a study spec file\n"
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"workload": {"datset": "digits"}}, "workload.datset: unknown key (did you mean 'dataset'?); known: model, dataset, "),
+    ({"strategies": {"freezeout": {"trails": 2}}},
+     "strategies.freezeout.trails: unknown key (did you mean 'trials'?); known: trials, search\n"),
+    ({"resources": {"memory": 8}}, "resources.memory: unknown key; known: cpu, gpu\n"),
+    ({"workload": {"epochs": "three"}}, "workload.epochs: Input should be a valid integer, got 'three'\n"),
+])
+def test_spec_errors_say_how_to_fix_them(tmp_path, capsys, change, message):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(yaml.safe_dump(_merge(GOOD, change)))
+    assert cli.main(["validate", str(spec)]) == 2
+    assert capsys.readouterr().err.startswith(f"ldtune: error: {message}")
 
 
 def test_slots_put_the_baseline_first_then_strategies_round_robin():
