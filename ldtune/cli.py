@@ -9,6 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from . import __version__
 from .errors import UserError
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -33,6 +34,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ldtune", description="Layer-dropping and layer-freezing studies for CNN training.")
+    p.add_argument("--version", action="version", version=f"ldtune {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name, help_ in COMMANDS.items():

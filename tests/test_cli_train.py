@@ -98,3 +98,10 @@ def test_bench_runs_where_only_pytorch_is_installed():
     assert out.returncode == 0, out.stderr[-2000:]
     rows = json.loads(out.stdout.strip().splitlines()[-1])
     assert [(r["strategy"], r["status"]) for r in rows["rows"]] == [("baseline", "ok"), ("freezeout", "ok")]
+
+
+def test_version(capsys):
+    import ldtune
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0 and capsys.readouterr().out == f"ldtune {ldtune.__version__}\n"
