@@ -155,6 +155,8 @@ def test_cli_by_strategy_and_filters(results, capsys):
     code, out, _ = run_cli(capsys, "pareto", str(results), "--strategy", "freezing", "--format", "csv")
     df = pd.read_csv(io.StringIO(out))
     assert code == 0 and set(df["trial_id"]) == {"f1", "f2"} and set(df["front"]) == {"all"}
+    code, out, _ = run_cli(capsys, "pareto", str(results), "--strategy", "freezing")
+    assert code == 0 and out.splitlines()[0] == "resnet20 / fashion_mnist: front of freezing (2 trials)"
 
 
 def test_cli_json_reads_back(results, capsys):

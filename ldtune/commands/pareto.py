@@ -91,8 +91,11 @@ def front_table(a):
     return res[list(OUT_COLUMNS)]
 
 
-def render_table(res, by: str) -> str:
-    """Fixed-width text: one section per (model, dataset), best accuracy first within a front."""
+def render_table(res, by: str, strategy: str | None = None) -> str:
+    """Fixed-width text: one section per (model, dataset), best accuracy first within a front.
+    With ``strategy`` (``--strategy``) the one front is that strategy's."""
+    title = ("front of each strategy" if by == "strategy" else f"front of {strategy}" if strategy
+             else "global front")
     heads = ["strategy", "hyperparameters", "accuracy %", "acc delta pp", "time saved %", "FLOPs saved %"]
     lines = []
     for (model, dataset), g in res.groupby(["model", "dataset"], sort=True):
@@ -101,8 +104,7 @@ def render_table(res, by: str) -> str:
         widths = [max(len(h), *(len(x[i]) for x in rows)) for i, h in enumerate(heads)]
         if lines:
             lines.append("")
-        lines.append(f"{model} / {dataset}: {'front of each strategy' if by == 'strategy' else 'global front'}"
-                     f" ({plural(len(rows), 'trial')})")
+        lines.append(f"{model} / {dataset}: {title} ({plural(len(rows), 'trial')})")
         fmt = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
         lines.append(fmt(heads).rstrip())
         lines.extend(fmt(x).rstrip() for x in rows)
@@ -126,5 +128,5 @@ def main(a) -> int:
                    for r in res.to_dict("records")]
         print(json.dumps(records, indent=1))
     else:
-        print(render_table(res, a.by))
+        print(render_table(res, a.by, a.strategy))
     return 0
