@@ -196,6 +196,8 @@ def test_cli_confirm_runs_a_short_study_on_the_new_dataset(results, tmp_path, ca
     held = f["accuracy_delta"] >= -0.01 - 1e-9
     assert code == (0 if held else 1)
     assert f"# freezing          {'held' if held else 'did NOT hold'}" in out
+    assert (f"# workload: as in {results / 'transfer_fashion_mnist' / 'study.yaml'}, with the dataset, epochs and "
+            "subset of this run\n") in out
     assert yaml.safe_load(out)["workload"] == {"model": "resnet20", "width": 4, "dataset": "digits", "subset": 256,
                                                "epochs": 2, "batch_size": 64}
     assert yaml.safe_load(out)["test_subset"] == 200
@@ -251,3 +253,13 @@ def test_cli_leaves_out_what_did_not_hold(results, capsys):
                 "0.05", "--confirm"]) == 2
     assert capsys.readouterr() == ("", "ldtune: error: --confirm: no recommendation held the accuracy-drop limit: "
                                        "nothing to confirm\n")
+
+
+def test_the_source_workload_is_found_as_deep_as_the_studies(tmp_path):
+    from ldtune.commands.recommend import source_spec
+    deep = tmp_path / "results" / "demo-1" / "quickstart"
+    deep.mkdir(parents=True)
+    (deep / "study.yaml").write_text(yaml.safe_dump({"workload": {"model": "resnet20", "lr": 0.1}, "test_subset": 500}))
+    assert source_spec(tmp_path / "results", "resnet20") == {
+        "workload": {"model": "resnet20", "lr": 0.1}, "test_subset": 500, "path": deep / "study.yaml"}
+    assert source_spec(tmp_path / "results", "vgg11_bn") == {"workload": {"model": "vgg11_bn"}}

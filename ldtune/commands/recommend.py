@@ -51,18 +51,18 @@ def _pp(v: float) -> str:
 
 
 def source_spec(directory, model: str) -> dict:
-    """``workload`` and ``test_subset`` of the first study of ``model`` under ``directory`` that saved
-    its ``study.yaml`` (the runner does); ``{"workload": {"model": model}}`` if none did."""
+    """``workload`` and ``test_subset`` of the first study of ``model`` under ``directory`` (at any
+    depth, as ``ldtune pareto`` finds them) that saved its ``study.yaml`` (the runner does), and
+    ``path``, that file; ``{"workload": {"model": model}}`` if none did."""
     root = Path(directory)
-    for path in sorted([root / "study.yaml", *root.glob("*/study.yaml")]):
-        if path.is_file():
-            try:
-                spec = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError:
-                continue
-            w = spec.get("workload") or {}
-            if w.get("model") == model:
-                return {"workload": dict(w), "test_subset": spec.get("test_subset")}
+    for path in sorted(root.rglob("study.yaml")):
+        try:
+            spec = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            continue
+        w = spec.get("workload") or {}
+        if w.get("model") == model:
+            return {"workload": dict(w), "test_subset": spec.get("test_subset"), "path": path}
     return {"workload": {"model": model}}
 
 
@@ -151,7 +151,10 @@ def main(a) -> int:
         raise UserError("--confirm", "no recommendation held the accuracy-drop limit: nothing to confirm")
     out = _confirm_output(spec, a) if a.confirm else None  # checked before anything is printed
     target = a.dataset or "a new dataset (set workload.dataset)"
-    text = "\n".join(explain(recs, datasets, a.model, target, epochs, a.max_accuracy_drop))
+    lines = explain(recs, datasets, a.model, target, epochs, a.max_accuracy_drop)
+    if "path" in source:  # say where lr, batch size, width, ... come from
+        lines.append(f"# workload: as in {source['path']}, with the dataset, epochs and subset of this run")
+    text = "\n".join(lines)
     print(text + "\n" + yaml.safe_dump(spec, sort_keys=False, default_flow_style=None).rstrip())
     if a.confirm:
         return _confirm(spec, out, a)
