@@ -58,7 +58,7 @@ def bench(w: Workload, runs: list[tuple[str, dict]], repeats: int = 2, data=None
     base = results[0]
     times = [x.train_time_s for x in base]
     t_base = statistics.median(times)
-    spread = (max(times) - min(times)) / 2 / t_base if t_base else 0.0  # half the range, over the median
+    spread = timing_spread(times)
     acc_base = statistics.median(x.test_accuracy for x in base)
     rows = []
     for i, (name, hp) in enumerate(runs):
@@ -87,6 +87,13 @@ def bench(w: Workload, runs: list[tuple[str, dict]], repeats: int = 2, data=None
 
 def _test_count(data) -> int | None:
     return int(data.test_x.shape[0]) if hasattr(data, "test_x") else None
+
+
+def timing_spread(times) -> float:
+    """Half the range of repeated training times over their median: a time_saved smaller than this
+    is not resolved from the machine's noise."""
+    t = statistics.median(times)
+    return (max(times) - min(times)) / 2 / t if t else 0.0
 
 
 def format_table(report: dict) -> str:

@@ -489,7 +489,26 @@ def _run(study: Study, study_dir: Path, resume: bool, callbacks: list, stream: T
         print(f"done: {len(outcome.trial_time_s)} trials in {outcome.wall_s:.1f}s wall; the trials themselves ran "
               f"{own:.1f}s ({fit_s:.1f}s of it training and evaluation): platform overhead "
               f"{outcome.wall_s / own - 1:+.1%}", file=stream, flush=True)
+    for device, runs, spread in baseline_noise(outcome.trials):
+        print(f"baseline on {device}: {runs} runs within ±{spread:.1%} of their median training time; "
+              "smaller time_saved differences are timing noise", file=stream, flush=True)
+        if spread > NOISY:
+            warnings.warn(f"baseline training times on {device} spread ±{spread:.1%}: the machine was busy or the "
+                          "runs are too short to time; time_saved is unreliable (more baseline.repeats, longer "
+                          "runs, or a quiet machine)", stacklevel=2)
     return outcome
+
+
+NOISY = 0.10  # baseline spread (half the range over the median) above which a study's time_saved is flagged
+
+
+def baseline_noise(trials) -> list[tuple[str, int, float]]:
+    """``(device_name, runs, spread)`` per device of the study's ``ok`` baseline trials, where two
+    or more ran: the noise floor of every ``time_saved`` measured against them."""
+    from .bench import timing_spread
+    base = trials[(trials["strategy"] == "baseline") & (trials["status"] == "ok")]
+    return [(str(d), len(g), timing_spread(g["train_time_s"].tolist()))
+            for d, g in base.groupby("device_name", sort=True) if len(g) > 1]
 
 
 __all__ = ["run_study", "Outcome", "connect", "local_instance", "resources", "slots_to_run", "trial_id", "prepare"]

@@ -258,7 +258,13 @@ def test_run_exits_1_when_a_trial_failed_and_keeps_the_others(ray_local, tmp_pat
     # rewrites them) before boom-001 starts, and trials.parquet still holds boom-001's error then
     spec.write_text(yaml.safe_dump({**SPEC, "baseline": {"repeats": 2}, "strategies": {"boom": {"trials": 2}}}))
     probe = ParquetProbe(out / "tiny" / "trials.parquet")
+    capsys.readouterr()
     outcome = runner.run_study(study_mod.load(spec), out, resume=True, callbacks=[probe])
+    # with two baselines the run states its timing noise floor
+    t = outcome.trials.set_index("trial_id").loc[["baseline-000", "baseline-001"]]
+    assert (f"baseline on {t['device_name'].iloc[0]}: 2 runs within "
+            f"±{abs(t['train_time_s'].diff().iloc[-1]) / 2 / t['train_time_s'].median():.1%} of their median training "
+            "time; smaller time_saved differences are timing noise\n") in capsys.readouterr().out
     assert probe.seen[0] == ("baseline-001", {**again["status"].to_dict(), "baseline-001": "ok"})
     assert again.loc["boom-001", "error"] in probe.errors[0]
     assert not outcome.interrupted
@@ -306,3 +312,10 @@ def test_resume_after_killed_driver_gives_the_same_rows(ray_local, finished, spe
     st = optuna.load_study(study_name="freezeout", storage=f"sqlite:///{study_dir / 'optuna.db'}")
     assert optuna.trial.TrialState.RUNNING not in {t.state for t in st.trials}
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in st.trials) >= 2
+
+
+def test_baseline_noise_per_device_from_two_ok_runs():
+    df = pd.DataFrame({"strategy": ["baseline"] * 5 + ["freezeout"], "status": ["ok", "ok", "error", "ok", "ok", "ok"],
+                       "device_name": ["cpu"] * 3 + ["cuda:H100"] * 2 + ["cpu"], "train_time_s": [9, 11, 1, 4, 4, 1]})
+    assert runner.baseline_noise(df) == [("cpu", 2, pytest.approx(0.1)), ("cuda:H100", 2, 0.0)]
+    assert runner.baseline_noise(df.iloc[[0, 2, 5]]) == []  # one ok baseline: no spread to state
