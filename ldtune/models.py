@@ -25,16 +25,22 @@ class ResidualUnit(nn.Module):
     """out = post(shortcut(x) + scale * branch(x)); the branch is skipped when ``run_branch`` is off."""
 
     def __init__(self, branch: nn.Module, shortcut: nn.Module | None = None, post: nn.Module | None = None,
-                 downsample: bool = False):
+                 downsample: bool = False, input_nonnegative: bool = False):
         super().__init__()
         self.branch = branch
         self.shortcut = shortcut if shortcut is not None else nn.Identity()
         self.post = post if post is not None else nn.Identity()
         self.downsample = downsample  # changes resolution or width: the shortcut is a projection
+        self.input_nonnegative = input_nonnegative  # x is a ReLU's output (the stem's, or the unit before's)
         self.run_branch = True  # set per step by a strategy; off => branch not computed
         self.eval_branch_scale = 1.0  # multiplies the branch in eval mode (stochastic depth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (self.training and not self.run_branch and self.input_nonnegative
+                and isinstance(self.shortcut, nn.Identity) and isinstance(self.post, nn.ReLU)):
+            # relu(x) == x for x >= 0, and its backward mask repeats the one x's own ReLU applies:
+            # a skipped unit with an identity shortcut runs nothing at all, not even a ReLU pass
+            return x
         out = self.shortcut(x)
         if self.training:
             if self.run_branch:
@@ -120,7 +126,7 @@ def cifar_resnet(depth: int, in_channels: int, num_classes: int, width: int = 16
             branch = nn.Sequential(*_conv_bn(cin, cout, 3, stride), nn.ReLU(inplace=True), *_conv_bn(cout, cout))
             down = stride != 1 or cin != cout
             shortcut = nn.Sequential(Projection(cin, cout, stride), _bn(cout)) if down else None
-            blocks.append(ResidualUnit(branch, shortcut, nn.ReLU(), downsample=down))
+            blocks.append(ResidualUnit(branch, shortcut, nn.ReLU(), downsample=down, input_nonnegative=True))
             cin = cout
     net = BlockNet(blocks, _head(cin, num_classes), f"resnet{depth}")
     _init(net)
@@ -169,8 +175,8 @@ def resnet_blocks(tv: nn.Module, name: str = "") -> BlockNet:
                 branch = nn.Sequential(u.conv1, u.bn1, nn.ReLU(inplace=True), u.conv2, u.bn2)
             if u.downsample is not None:
                 u.downsample[0] = Projection.replacing(u.downsample[0])
-            blocks.append(ResidualUnit(branch, u.downsample, nn.ReLU(),
-                                       downsample=u.downsample is not None))
+            blocks.append(ResidualUnit(branch, u.downsample, nn.ReLU(), downsample=u.downsample is not None,
+                                       input_nonnegative=True))  # the stem ends in ReLU (+ max-pool)
     return BlockNet(blocks, nn.Sequential(tv.avgpool, nn.Flatten(), tv.fc), name)
 
 

@@ -114,15 +114,40 @@ def test_skipped_branch_is_not_computed():
     net = models.build("resnet20", 1, 10, width=4)
     unit = net.blocks[2]
     calls = []
-    unit.branch.register_forward_hook(lambda *a: calls.append(1))
-    x = torch.randn(2, 4, 28, 28)
+    unit.branch.register_forward_hook(lambda *a: calls.append("branch"))
+    unit.post.register_forward_hook(lambda *a: calls.append("post"))
+    x = torch.relu(torch.randn(2, 4, 28, 28))  # a unit's input is a ReLU's output
     unit.train()
     unit.run_branch = False
     out = unit(x)
-    assert calls == [] and torch.equal(out, torch.relu(x))
+    assert calls == [] and torch.equal(out, x)  # with an identity shortcut, not even the ReLU runs
     unit.run_branch = True
     unit(x)
-    assert calls == [1]
+    assert calls == ["branch", "post"]
+
+
+@pytest.mark.parametrize("name", ["resnet20", "resnet18"])
+def test_skipping_a_units_relu_changes_no_output_and_no_gradient(name):
+    """relu(x) == x for a unit input x that came out of a ReLU, and the gradients match too."""
+    torch.manual_seed(0)
+    net = models.build(name, 1, 10, width=4) if name == "resnet20" else models.build(name, 1, 10)
+    explicit = copy.deepcopy(net)
+    units = [b for b in net.blocks if isinstance(b, models.ResidualUnit)]
+    assert all(u.input_nonnegative for u in units)
+    for m in (net, explicit):
+        m.train()
+        for i, u in enumerate(b for b in m.blocks if isinstance(b, models.ResidualUnit)):
+            u.run_branch = i % 2 == 0 or u.downsample
+    for u in (b for b in explicit.blocks if isinstance(b, models.ResidualUnit)):
+        u.input_nonnegative = False  # the same net computing relu(x) where a unit is skipped
+    x = torch.randn(4, 1, 28, 28)
+    outs = []
+    for m in (net, explicit):
+        out = m(x)
+        out.square().sum().backward()
+        outs.append((out, [p.grad for p in m.parameters()]))
+    assert torch.equal(outs[0][0], outs[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(outs[0][1], outs[1][1]) if a is not None or b is not None)
 
 
 def test_unknown_model_names_the_field():
