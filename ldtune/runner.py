@@ -359,17 +359,17 @@ def prepare(study: Study, output: str | Path, resume: bool) -> Path:
     if resume and saved.is_file():
         before = yaml.safe_load(saved.read_text()) or {}
         now = study.to_dict()
-        for key in ("workload", "test_subset", "seed", "sampler", "plugins"):
-            field_, was, is_ = first_difference(key, before.get(key), now.get(key))
+        same = "resume with the same spec"
+        pairs = [(key, before.get(key), now.get(key), same)
+                 for key in ("workload", "test_subset", "seed", "sampler", "plugins")]
+        old = before.get("strategies") or {}
+        pairs += [(f"strategies.{name}.search", old[name].get("search"), s["search"],
+                   "where the spec sets no search, ldtune's default range changed since")
+                  for name, s in now["strategies"].items() if old.get(name) is not None]
+        for path, was, is_, hint in pairs:
+            field_, was, is_ = first_difference(path, was, is_)
             if field_ is not None:
-                raise UserError(field_, f"{is_!r} here, {was!r} in the study being resumed ({saved}); "
-                                "resume with the same spec")
-        for name, s in now["strategies"].items():
-            old = (before.get("strategies") or {}).get(name)
-            field_, was, is_ = first_difference(f"strategies.{name}.search", (old or {}).get("search"), s["search"])
-            if old is not None and field_ is not None:
-                raise UserError(field_, f"{is_!r} here, {was!r} in the study being resumed ({saved}); "
-                                "where the spec sets no search, ldtune's default range changed since")
+                raise UserError(field_, f"{is_!r} here, {was!r} in the study being resumed ({saved}); {hint}")
     return study_dir
 
 
@@ -482,11 +482,12 @@ def _run(study: Study, study_dir: Path, resume: bool, callbacks: list, stream: T
     outcome.wall_s = time.perf_counter() - start
     own = sum(v for v in outcome.trial_time_s.values() if v)
     if outcome.interrupted:
-        print(f"stopped: {len(done)} of {len(done) + len([s for s in slots if trial_id(*s) not in done])} trials "
+        print(f"stopped: {len(done)} of "
+              f"{plural(len(done) + len([s for s in slots if trial_id(*s) not in done]), 'trial')} "
               f"finished and saved", file=stream, flush=True)
     elif own:
         fit_s = sum(outcome.fit_time_s.values())
-        print(f"done: {len(outcome.trial_time_s)} trials in {outcome.wall_s:.1f}s wall; the trials themselves ran "
+        print(f"done: {plural(len(outcome.trial_time_s), 'trial')} in {outcome.wall_s:.1f}s wall; the trials themselves ran "
               f"{own:.1f}s ({fit_s:.1f}s of it training and evaluation): platform overhead "
               f"{outcome.wall_s / own - 1:+.1%}", file=stream, flush=True)
     for device, runs, spread in baseline_noise(outcome.trials):

@@ -20,6 +20,7 @@ import yaml
 from ray import tune
 
 from ldtune import cli, results, runner, study as study_mod
+from ldtune.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 CONTRACT_TRIALS = ["study", "trial_id", "strategy", "model", "dataset", "epochs", "seed", "status", "error",
@@ -319,3 +320,16 @@ def test_baseline_noise_per_device_from_two_ok_runs():
                        "device_name": ["cpu"] * 3 + ["cuda:H100"] * 2 + ["cpu"], "train_time_s": [9, 11, 1, 4, 4, 1]})
     assert runner.baseline_noise(df) == [("cpu", 2, pytest.approx(0.1)), ("cuda:H100", 2, 0.0)]
     assert runner.baseline_noise(df.iloc[[0, 2, 5]]) == []  # one ok baseline: no spread to state
+
+
+def test_resume_with_a_changed_search_names_the_bound_and_an_added_strategy_is_allowed(tmp_path):
+    spec = {**SPEC, "strategies": {"freezeout": {"trials": 1, "search": {"t0": [0.5, 0.9]}}}, "plugins": []}
+    (tmp_path / SPEC["name"]).mkdir()
+    (tmp_path / SPEC["name"] / runner.CONFIG_FILE).write_text(yaml.safe_dump(study_mod.from_dict(spec).to_dict()))
+    changed = {**spec, "strategies": {"freezeout": {"trials": 1, "search": {"t0": [0.5, 0.8]}}}}
+    with pytest.raises(UserError) as e:
+        runner.prepare(study_mod.from_dict(changed), tmp_path, resume=True)
+    assert e.value.field == "strategies.freezeout.search.t0"
+    assert e.value.message.startswith("[0.5, 0.8] here, [0.5, 0.9] in the study being resumed")
+    added = {**spec, "strategies": {**spec["strategies"], "stochastic_depth": {"trials": 1}}}
+    assert runner.prepare(study_mod.from_dict(added), tmp_path, resume=True) == tmp_path / SPEC["name"]

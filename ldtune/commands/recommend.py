@@ -100,7 +100,7 @@ def explain(recs, datasets, model, target, epochs, limit) -> list[str]:
     for r in recs:
         cfg = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.config.items())
         own = " ".join(f"{k}={v}" for k, v in r.hparams(epochs).items() if k not in r.fixed)
-        own = f" -> {own} at {epochs} epochs" if any(d.per_epoch for d in r.dims) else ""
+        own = f" -> {own} at {plural(epochs, 'epoch')}" if any(d.per_epoch for d in r.dims) else ""
         own += " (as its trials ran: " + " ".join(f"{k}={v}" for k, v in r.fixed.items()) + ")" if r.fixed else ""
         verdict = ("held on every dataset" if r.useful else
                    "within the limit but saves no time in the worst case (left out)" if r.held else
