@@ -173,3 +173,37 @@ def test_narrow_resnet_trains_channels_last_on_two_threads_with_odd_batches():
             "    m(torch.randn(n, 1, 28, 28).to(memory_format=torch.channels_last)).sum().backward()\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+class _LayoutLog(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records every op that gets an activation-sized tensor (first dim == ``batch``) which is not
+    channels-last: a contiguous (NCHW) gradient meeting channels-last activations sends an op down
+    its slow mixed-layout path, work no skip can save."""
+
+    def __init__(self, batch: int):
+        super().__init__()
+        self.batch, self.ops = batch, set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        for a in [*args, *(kwargs or {}).values()]:
+            if (isinstance(a, torch.Tensor) and a.dim() == 4 and a.shape[0] == self.batch and 0 not in a.stride()
+                    and not a.is_contiguous(memory_format=torch.channels_last)):
+                self.ops.add(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name,off", [("resnet20", "none"), ("resnet20", "all"), ("resnet20", "downsampling"),
+                                      ("resnet18", "all"), ("vgg11_bn", "none"), ("mobilenet_v2", "none")])
+def test_a_channels_last_step_keeps_every_tensor_channels_last(name, off):
+    # the slices of a down-sampling shortcut and the head's average pool used to return NCHW
+    # gradients (where a unit's branch was off, they reached every op back to the stem)
+    torch.manual_seed(0)
+    net = models.build(name, 1, 10, width=4 if name == "resnet20" else None, image_size=28)
+    for u in models.residual_units(net):
+        u.run_branch = off == "none" or (off == "downsampling" and not u.downsample)
+    net = net.to(memory_format=torch.channels_last).train()
+    x = torch.randn(6, 1, 28, 28).to(memory_format=torch.channels_last)
+    log = _LayoutLog(batch=6)
+    with log:
+        torch.nn.functional.cross_entropy(net(x), torch.arange(6) % 10).backward()
+    assert not log.ops
