@@ -108,7 +108,8 @@ def _conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1) -> list[nn.Module
 
 
 class GlobalAvgPool(nn.Module):
-    """(N, C, H, W) -> (N, C): the mean over each map, computed as a sum times 1 / (H W).
+    """(N, C, H, W) -> (N, C, 1, 1), as ``AdaptiveAvgPool2d(1)``: the mean over each map, computed
+    as a sum times 1 / (H W).
 
     ``AdaptiveAvgPool2d(1)``'s backward (and ``mean``'s) hands the last block a contiguous (NCHW)
     gradient; in a channels-last net the ReLU backward it reaches then runs its slow mixed-layout
@@ -117,11 +118,11 @@ class GlobalAvgPool(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.sum((2, 3)) * (1.0 / (x.shape[2] * x.shape[3]))
+        return x.sum((2, 3), keepdim=True) * (1.0 / (x.shape[2] * x.shape[3]))
 
 
 def _head(c: int, num_classes: int) -> nn.Sequential:
-    return nn.Sequential(GlobalAvgPool(), nn.Linear(c, num_classes))
+    return nn.Sequential(GlobalAvgPool(), nn.Flatten(), nn.Linear(c, num_classes))
 
 
 # ---------------------------------------------------------------- CIFAR ResNets (He et al. 2016, Sec. 4.2)
@@ -194,7 +195,7 @@ def resnet_blocks(tv: nn.Module, name: str = "") -> BlockNet:
                 u.downsample[0] = Projection.replacing(u.downsample[0])
             blocks.append(ResidualUnit(branch, u.downsample, nn.ReLU(), downsample=u.downsample is not None,
                                        input_nonnegative=True))  # the stem ends in ReLU (+ max-pool)
-    return BlockNet(blocks, nn.Sequential(tv.avgpool, tv.fc), name)
+    return BlockNet(blocks, nn.Sequential(tv.avgpool, nn.Flatten(), tv.fc), name)
 
 
 def adapt_torchvision_vgg(tv: nn.Module, in_channels: int, image_size: int = 32) -> nn.Module:
@@ -226,7 +227,7 @@ def vgg_blocks(tv: nn.Module, name: str = "") -> BlockNet:
             cur = []
         cur.append(m)
     blocks.append(nn.Sequential(*cur))
-    return BlockNet(blocks, nn.Sequential(tv.avgpool, tv.classifier), name)
+    return BlockNet(blocks, nn.Sequential(tv.avgpool, nn.Flatten(), tv.classifier), name)
 
 
 def features_blocks(tv: nn.Module, name: str, in_channels: int, small_input: bool = False) -> BlockNet:
@@ -249,10 +250,10 @@ def features_blocks(tv: nn.Module, name: str, in_channels: int, small_input: boo
         # DenseNet: conv0/norm0/relu0/pool0 are one stem block; the final norm joins the head.
         stem = nn.Sequential(*feats[:4])
         feats = [stem] + feats[4:-1]
-        head = nn.Sequential(tv.features[-1], nn.ReLU(inplace=True), GlobalAvgPool(),
+        head = nn.Sequential(tv.features[-1], nn.ReLU(inplace=True), GlobalAvgPool(), nn.Flatten(),
                              tv.classifier)
     else:
-        head = nn.Sequential(GlobalAvgPool(), tv.classifier)
+        head = nn.Sequential(GlobalAvgPool(), nn.Flatten(), tv.classifier)
     return BlockNet(feats, head, name)
 
 
