@@ -71,12 +71,12 @@ class _Store:
     """Rows of maps of one dtype in one tier; reads return tensors on ``device``."""
 
     def __init__(self, tier: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
-                 path: Path | None = None):
+                 path: Path | None = None, memory_format: torch.memory_format = torch.contiguous_format):
         self.tier, self.shape, self.dtype, self.device, self.path = tier, shape, dtype, device, path
         self.t: torch.Tensor | None = None
         self.m: np.memmap | None = None
         if tier == "device":
-            self.t = torch.empty(shape, dtype=dtype, device=device)
+            self.t = torch.empty(shape, dtype=dtype, device=device, memory_format=memory_format)
         elif tier == "host":
             self.t = torch.empty(shape, dtype=dtype, pin_memory=True)
         else:
@@ -189,7 +189,10 @@ class FeatureCache:
             self._files += 1
             suffix = str(dtype).removeprefix("torch.")
             path = self.workdir / f"feature-cache-{os.getpid()}-{id(self)}-{self._files}.{suffix}"
-        return _Store(tier, shape, dtype, self.device, path)
+        # the device tier keeps the maps' layout (channels-last in the loop): a batch gathered from it
+        # is what the prefix would hand the next block, with no transposing copy each step
+        cl = like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()
+        return _Store(tier, shape, dtype, self.device, path, torch.channels_last if cl else torch.contiguous_format)
 
     # ---------------------------------------------------------------- filling
     @torch.no_grad()

@@ -99,6 +99,18 @@ def test_batches_cover_the_training_set_once(data, net, tmp_path, device_budget)
     c.close()
 
 
+def test_device_tier_keeps_the_prefix_layout(data, net):
+    # the loop's net is channels-last: its cached maps, and the batches read from them, stay so
+    cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
+    c = FeatureCache("cpu")
+    c.build(cl.blocks, data, 2)
+    b = next(c.batches(60, torch.Generator().manual_seed(3)))
+    assert c.tier == "device" and b.x.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(b.x, cl.blocks[1](cl.blocks[0](data.train_x[b.idx])))
+    c.close()
+
+
 def test_tier_choice(monkeypatch):
     c = FeatureCache("cpu", device_budget=100)
     assert c.choose_tier(100) == "device" and c.choose_tier(101) == "disk"  # no pinned tier without CUDA
