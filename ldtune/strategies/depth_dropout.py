@@ -37,10 +37,10 @@ Readings chosen:
 Time vs FLOPs: on a narrow net on a CPU the shortcut is memory-bound. Its 1x1 conv and BN read
 and write as many bytes as a 3x3 conv and its BN while doing 1/9 of the conv's FLOPs, so with
 every branch on a step costs about 1.2x the baseline's time for 1.05x its FLOPs, and
-``time_saved`` trails ``flops_saved`` by that overhead (ResNet-56 at width 8, p = 0.5: 25% less
-time for 42% fewer FLOPs, BENCHMARKS.md). Dropping the same branches with identity shortcuts
-(``stochastic_depth`` with ``rule: uniform``) turns nearly all of the FLOP saving into time
-(efficiency 0.85-0.93 in BENCHMARKS.md). On an H100 at batch 256, where a step's time
+``time_saved`` trails ``flops_saved`` by that overhead (ResNet-56 at width 8, p = 0.5: 20-28%
+less time for 42% fewer FLOPs, six runs on two machines, BENCHMARKS.md). Dropping the same
+branches with identity shortcuts (``stochastic_depth`` with ``rule: uniform``) turns nearly all
+of the FLOP saving into time (efficiency 0.85-0.93 in BENCHMARKS.md). On an H100 at batch 256, where a step's time
 follows its kernel launches, the shortcuts' extra conv and BN kernels cost more than the
 skipped branches save: ResNet-18 at 32x32, p = 0.5, 31% fewer FLOPs and 14% *more* time.
 
