@@ -21,20 +21,36 @@ from ldtune import runner, study as study_mod
 REPO = Path(__file__).resolve().parents[1]
 
 # A test-only strategy, imported by the study's `plugins` on the driver and on both nodes: it trains
-# like the baseline but pauses before its last epoch, so a node killed after its first epoch report
-# dies mid-trial, never after the trial's end.
+# like the baseline, but
+# - before its first epoch, it waits (up to a minute) until a second sleepy trial has started. Trials
+#   are short and a node's first trial actor is slow to start, so without this wait the head node's
+#   actor, reused, could run every trial before the worker node's actor is ready. Each node has one
+#   CPU, so the two sleepy trials that meet here run on different nodes;
+# - it pauses before its last epoch, so a node killed after its first epoch report dies mid-trial,
+#   never after the trial's end.
 PLUGIN = '''
+import os
 import time
+import uuid
+from pathlib import Path
 
 from ldtune.strategies import REGISTRY, EpochPlan, Strategy
 
+RENDEZVOUS_S = 60.0  # seconds the first sleepy trial waits for a second one
+
 
 class Sleepy(Strategy):
-    """Test-only: the baseline, with a 2 s pause before the last epoch."""
+    """Test-only: the baseline, with a rendezvous before the first epoch and a 2 s pause before the last."""
     name = "sleepy"
     hparams = {}
 
     def epoch_start(self, epoch):
+        if epoch == 0:
+            arrivals = Path(os.environ["LDTUNE_TEST_RENDEZVOUS"])
+            (arrivals / uuid.uuid4().hex).touch()
+            deadline = time.monotonic() + RENDEZVOUS_S
+            while len(list(arrivals.iterdir())) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
         if epoch == self.ctx.epochs - 1:
             time.sleep(2.0)
         return EpochPlan()
@@ -84,8 +100,10 @@ class KillWorkerMidTrial(tune.Callback):
 
 @pytest.fixture
 def two_nodes(tmp_path_factory, monkeypatch):
-    """Two Ray nodes of one CPU each; the plugin's directory is on both nodes' Python path."""
+    """Two Ray nodes of one CPU each; the plugin's directory is on both nodes' Python path, and its
+    rendezvous directory in both nodes' environment."""
     plugin_dir = tmp_path_factory.mktemp("plugin")
+    monkeypatch.setenv("LDTUNE_TEST_RENDEZVOUS", str(tmp_path_factory.mktemp("rendezvous")))
     (plugin_dir / "ldtune_test_sleepy.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(plugin_dir))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(plugin_dir), os.environ.get("PYTHONPATH")])))
