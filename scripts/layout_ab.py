@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ldtune import models
 from ldtune.train import reuse_freed_memory
+from step_anatomy import sgd_steps  # this directory is on sys.path when a script runs
 
 
 class SlicedProjection(models.Projection):
@@ -63,11 +64,7 @@ def main() -> None:
 
     def run(net, opt, n: int) -> float:
         t = time.perf_counter()
-        for _ in range(n):
-            loss = F.cross_entropy(net(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        sgd_steps(net, opt, x, y, n)
         return (time.perf_counter() - t) / n * 1e3
 
     print(f"{a.model} width {a.width}, batch 64, 1 thread, channels-last; ms per step, median of {a.rounds} "

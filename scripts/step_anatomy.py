@@ -21,6 +21,7 @@ FLOP shares come from ldtune's cost table, so each line shows time saved next to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -91,6 +92,19 @@ def flops(net, hook, size: int, steps: int = 64) -> float:
     return total / steps
 
 
+def sgd_steps(net, opt, x, y, steps: int, hook=None, autocast=contextlib.nullcontext) -> None:
+    """``steps`` SGD steps (forward, backward, update) of ``net`` on one batch: the unit these
+    scripts time. ``hook`` runs before each step (a variant's per-step draw)."""
+    for _ in range(steps):
+        if hook:
+            hook()
+        with autocast():
+            loss = F.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
 def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
     """Print the table; return {variant: (time_saved, flops_saved)}, plus {"profile": shares by
     kind of op} with ``--profile``."""
@@ -136,14 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
         segments = torch.cuda.memory_stats(dev).get("segment.all.allocated", 0) if cuda else 0
         sync()
         t = time.perf_counter()
-        for _ in range(steps):
-            if hook:
-                hook()
-            with autocast():
-                loss = F.cross_entropy(net(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        sgd_steps(net, opt, x, y, steps, hook, autocast)
         sync()
         if cuda:
             mallocs[n] += torch.cuda.memory_stats(dev).get("segment.all.allocated", 0) - segments
