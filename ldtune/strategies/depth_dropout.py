@@ -40,9 +40,10 @@ every branch on a step costs about 1.2x the baseline's time for 1.05x its FLOPs,
 ``time_saved`` trails ``flops_saved`` by that overhead (ResNet-56 at width 8, p = 0.5: 20-28%
 less time for 42% fewer FLOPs, six runs on two machines, BENCHMARKS.md). Dropping the same
 branches with identity shortcuts (``stochastic_depth`` with ``rule: uniform``) turns nearly all
-of the FLOP saving into time (efficiency 0.85-0.93 in BENCHMARKS.md). On an H100 at batch 256, where a step's time
-follows its kernel launches, the shortcuts' extra conv and BN kernels cost more than the
-skipped branches save: ResNet-18 at 32x32, p = 0.5, 31% fewer FLOPs and 14% *more* time.
+of the FLOP saving into time (efficiency 0.85-0.93 in BENCHMARKS.md). On an H100 at batch 256,
+where a step's time follows its kernel launches, the shortcuts' extra conv and BN kernels cost
+more than the skipped branches save: ResNet-18 at 32x32, p = 0.5, 31% fewer FLOPs and 14% *more*
+time.
 
 Paper: J. Guo and S. Gould, "Depth Dropout: Efficient Training of Residual Convolutional Neural
 Networks", DICTA 2016 (../shared/papers/depth-dropout.txt), Eq. 3-4 and Sec. III-C.
