@@ -19,5 +19,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "ldtune setup: installing Python packages into .venv (first run: a minute or two)" >&2
   # torch/torchvision pinned to the builds this project is tested with (pip finds them on local disk here)
   .venv/bin/pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1" -e ".[test]"
+  .venv/bin/python -m ldtune.batchnorm >&2  # compile the fused CPU BatchNorm once (about 30 s)
   touch "$stamp"
 fi

@@ -28,7 +28,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ldtune import models
+from ldtune import batchnorm, models
 from ldtune.cost import CostTable
 from ldtune.models import ResidualUnit
 from ldtune.strategies.depth_dropout import branch_channels, trainable_shortcut
@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per variant per round")
+    ap.add_argument("--bn", choices=("fused", "native"), default="fused",
+                    help="BatchNorm on the CPU: ldtune's fused kernel, as training uses, or PyTorch's")
     ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
                     help="also profile this many steps of the plain net and print its time by kind of op")
     a = ap.parse_args(argv)
@@ -138,6 +140,8 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
         net, hook = variant(n, a.model, a.width, a.image_size)
         f = flops(net, hook, a.image_size)
         net = net.to(dev, memory_format=torch.channels_last).train()
+        if not cuda and a.bn == "fused":
+            batchnorm.use_fused(net)
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
         built[n] = (net, hook, opt, f)
     x = torch.randn(a.batch_size, 1, a.image_size, a.image_size, device=dev).to(memory_format=torch.channels_last)
@@ -164,7 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
         for n in names[r % len(names):] + names[:r % len(names)]:
             times[n].append(run(n, a.steps))
     base_t, base_f = statistics.median(times["plain"]), built["plain"][3]
-    where = torch.cuda.get_device_name(dev) if cuda else f"{a.threads} thread(s)"
+    where = torch.cuda.get_device_name(dev) if cuda else f"{a.threads} thread(s), {a.bn} BatchNorm"
     print(f"{a.model} width {a.width}, {a.image_size}x{a.image_size}, batch {a.batch_size}, {where}, channels-last; "
           f"median of {a.rounds} interleaved rounds of {a.steps} steps")
     print(f"{'variant':<18}{'ms/step':>9}{'time_saved':>12}{'flops_saved':>13}{'efficiency':>12}"
@@ -188,10 +192,10 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
 
 
 def kind_of(op: str) -> str:
-    """The kind of an aten op (name without ``aten::``) for the profile's summary."""
+    """The kind of an aten or ldtune op (name without ``aten::``) for the profile's summary."""
     if "conv" in op:
         return "conv"
-    if "batch_norm" in op:
+    if "batch_norm" in op:  # ldtune::batch_norm_train_forward / _backward too
         return "batch norm"
     if op.startswith(("relu", "threshold", "clamp")):
         return "relu"
@@ -204,8 +208,8 @@ def kind_of(op: str) -> str:
 
 def profile(steps, cuda: bool) -> tuple[dict[str, float], float]:
     """Share of self time by kind of op over ``steps()``, and the total (microseconds; on CUDA the
-    kernels' time). Aten ops only: autograd and optimizer wrappers are left out, and the ops they
-    call are counted themselves."""
+    kernels' time). Aten and ldtune ops only: autograd and optimizer wrappers are left out, and the ops
+    they call are counted themselves."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -213,8 +217,8 @@ def profile(steps, cuda: bool) -> tuple[dict[str, float], float]:
         steps()
     totals = dict.fromkeys(["conv", "batch norm", "relu", "add", "gemm", "other"], 0.0)
     for e in prof.key_averages():
-        if e.key.startswith("aten::"):
-            totals[kind_of(e.key[len("aten::"):])] += e.self_device_time_total if cuda else e.self_cpu_time_total
+        if e.key.startswith(("aten::", "ldtune::")):
+            totals[kind_of(e.key.split("::", 1)[1])] += e.self_device_time_total if cuda else e.self_cpu_time_total
     whole = sum(totals.values()) or 1.0
     return {k: v / whole for k, v in totals.items()}, whole
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from ldtune import models
+from ldtune import batchnorm, models
 from ldtune.errors import UserError
 
 
@@ -194,7 +194,8 @@ class _LayoutLog(torch.utils._python_dispatch.TorchDispatchMode):
 
 @pytest.mark.parametrize("name,off", [("resnet20", "none"), ("resnet20", "all"), ("resnet20", "downsampling"),
                                       ("resnet18", "all"), ("vgg11_bn", "none"), ("mobilenet_v2", "none")])
-def test_a_channels_last_step_keeps_every_tensor_channels_last(name, off):
+@pytest.mark.parametrize("bn", ["fused", "native"])  # CPU training runs the fused BatchNorm; CUDA, PyTorch's
+def test_a_channels_last_step_keeps_every_tensor_channels_last(name, off, bn):
     # the slices of a down-sampling shortcut and the head's average pool used to return NCHW
     # gradients (where a unit's branch was off, they reached every op back to the stem)
     torch.manual_seed(0)
@@ -202,6 +203,8 @@ def test_a_channels_last_step_keeps_every_tensor_channels_last(name, off):
     for u in models.residual_units(net):
         u.run_branch = off == "none" or (off == "downsampling" and not u.downsample)
     net = net.to(memory_format=torch.channels_last).train()
+    if bn == "fused":
+        assert batchnorm.use_fused(net) > 0
     x = torch.randn(6, 1, 28, 28).to(memory_format=torch.channels_last)
     log = _LayoutLog(batch=6)
     with log:
