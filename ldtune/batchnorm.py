@@ -10,8 +10,9 @@ What it computes: the batch statistics (one pass: sums shifted by the first pixe
 double in a fixed order, so results do not depend on the thread count), then ``y`` (one pass);
 backward: ``sum dy`` and ``sum (x - mean) dy`` (one pass), then ``dx`` (one pass, skipped when
 ``x`` needs no gradient). It matches ``F.batch_norm`` to float32 rounding and updates the running
-statistics as ``nn.BatchNorm2d`` does. Anything else (eval mode, CUDA, NCHW, bf16 under autocast,
-no affine parameters) runs PyTorch's own BatchNorm.
+statistics as ``nn.BatchNorm2d`` does. In eval mode with no gradient needed (a frozen prefix,
+evaluation) it is one pass, ``y = (x - running_mean) * scale + bias``. Anything else (CUDA, NCHW,
+bf16 under autocast, no affine parameters, eval mode inside a graph) runs PyTorch's own BatchNorm.
 
 The kernel (``csrc/batch_norm_cl.cpp``) is compiled once per machine and torch version on first
 use (about 30 s, with ``torch.utils.cpp_extension``; ``scripts/setup.sh`` does it at install).
@@ -56,19 +57,26 @@ def available() -> bool:
 
 
 class BatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` whose CPU training step on channels-last float32 maps runs the fused kernel."""
+    """``nn.BatchNorm2d`` whose CPU forward on channels-last float32 maps runs the fused kernels:
+    batch statistics (training, with autograd), or running statistics where no gradient is needed."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and self.affine and x.device.type == "cpu" and x.dtype == torch.float32
-                and x.dim() == 4 and x.numel() > x.shape[1] and x.is_contiguous(memory_format=torch.channels_last)
-                and self.weight.dtype == torch.float32):
+        if not (self.affine and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+                and x.is_contiguous(memory_format=torch.channels_last) and self.weight.dtype == torch.float32):
             return super().forward(x)
-        momentum = 0.0
-        if self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        return torch.ops.ldtune.batch_norm_train(x, self.weight, self.bias, self.running_mean, self.running_var,
-                                                 momentum, self.eps)
+        if self.training or self.running_mean is None:  # batch statistics, as nn.BatchNorm2d decides
+            if x.numel() == x.shape[1]:
+                return super().forward(x)  # one value per channel: PyTorch's own error
+            momentum = 0.0
+            if self.training and self.track_running_stats:
+                self.num_batches_tracked.add_(1)
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            return torch.ops.ldtune.batch_norm_train(x, self.weight, self.bias, self.running_mean if momentum else None,
+                                                     self.running_var if momentum else None, momentum, self.eps)
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad or self.bias.requires_grad):
+            return super().forward(x)  # eval mode inside a graph: PyTorch's BatchNorm has the gradient
+        return torch.ops.ldtune.batch_norm_eval(x, self.weight, self.bias, self.running_mean, self.running_var,
+                                                self.eps)
 
 
 def use_fused(model: nn.Module) -> int:

@@ -58,6 +58,23 @@ def test_matches_pytorch_in_float64_forward_backward_and_running_statistics(shap
     assert fused.num_batches_tracked == ref.num_batches_tracked == 3
 
 
+def test_eval_mode_matches_pytorch():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(24)
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.1, 3)
+        bn.weight.normal_()
+        bn.bias.normal_()
+    fused = copy.deepcopy(bn).eval()
+    batchnorm.use_fused(fused)
+    x = _cl(torch.randn(5, 24, 7, 7))
+    with torch.no_grad():
+        y = fused(x)
+        assert torch.allclose(y, bn.eval()(x), rtol=1e-5, atol=1e-6)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_no_input_gradient_still_gives_weight_gradients():
     torch.manual_seed(0)
     bn = nn.BatchNorm2d(8)
@@ -74,6 +91,7 @@ def test_runs_only_where_it_applies():
     bn = nn.BatchNorm2d(8)
     batchnorm.use_fused(bn)
     x = torch.randn(4, 8, 6, 6)
+    xc = _cl(x)
 
     def ops(fn):
         with _Ops() as log:
@@ -82,11 +100,14 @@ def test_runs_only_where_it_applies():
 
     x_grad = _cl(x).requires_grad_()
     assert {"ldtune.batch_norm_train_forward", "ldtune.batch_norm_train_backward"} <= ops(lambda: bn(x_grad).sum().backward())
-    for other in (lambda: bn(x),  # NCHW
-                  lambda: bn.eval()(_cl(x)),  # running statistics
-                  lambda: bn.train().double()(_cl(x.double()))):  # not float32
+    bn.eval()
+    with torch.no_grad():
+        assert ops(lambda: bn(xc)) == {"ldtune.batch_norm_eval"}  # a frozen layer, evaluation
+    for other in (lambda: bn(xc),  # eval mode with gradients wanted: PyTorch's BatchNorm has them
+                  lambda: bn.train()(x),  # NCHW
+                  lambda: bn.double()(_cl(x.double()))):  # not float32
         assert not any(n.startswith("ldtune.") for n in ops(other))
-    bn.train()
+    bn.float()
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         bn.float()(_cl(torch.randn(1, 8, 1, 1)))  # PyTorch's own error
 

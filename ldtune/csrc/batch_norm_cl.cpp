@@ -230,6 +230,20 @@ at::Tensor batch_norm_train_autograd(const at::Tensor& x, const at::Tensor& weig
   return BatchNormTrain::apply(x, weight, bias, running_mean, running_var, momentum, eps);
 }
 
+// Eval mode (running statistics): y = (x - running_mean) * weight / sqrt(running_var + eps) + bias, one pass
+at::Tensor batch_norm_eval_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                               const at::Tensor& running_mean, const at::Tensor& running_var, double eps) {
+  check(x);
+  const int64_t C = x.size(1);
+  for (const auto* t : {&weight, &bias, &running_mean, &running_var})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->numel() == C, "float32 of one value per channel expected");
+  auto w = weight.contiguous(), b = bias.contiguous(), rm = running_mean.contiguous(), rv = running_var.contiguous();
+  std::vector<float> scale(C);
+  for (int64_t c = 0; c < C; ++c)
+    scale[c] = static_cast<float>(w.data_ptr<float>()[c] / std::sqrt(static_cast<double>(rv.data_ptr<float>()[c]) + eps));
+  return affine(x, nullptr, rm.data_ptr<float>(), scale.data(), nullptr, b.data_ptr<float>());
+}
+
 at::Tensor batch_norm_train_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                                 const c10::optional<at::Tensor>& running_mean,
                                 const c10::optional<at::Tensor>& running_var, double momentum, double eps) {
@@ -243,6 +257,9 @@ TORCH_LIBRARY(ldtune, m) {
         "Tensor(b!)? running_var, float momentum, float eps) -> Tensor");
   m.def("batch_norm_train_forward(Tensor x, Tensor weight, Tensor bias, Tensor(a!)? running_mean, "
         "Tensor(b!)? running_var, float momentum, float eps) -> (Tensor, Tensor, Tensor)");
+  // eval-mode BatchNorm, without autograd: for frozen layers and evaluation under no_grad
+  m.def("batch_norm_eval(Tensor x, Tensor weight, Tensor bias, Tensor running_mean, Tensor running_var, "
+        "float eps) -> Tensor");
   m.def("batch_norm_train_backward(Tensor dy, Tensor x, Tensor mean, Tensor rstd, Tensor weight, "
         "bool input_grad) -> (Tensor, Tensor, Tensor)");
 }
@@ -253,4 +270,5 @@ TORCH_LIBRARY_IMPL(ldtune, CPU, m) {
   m.impl("batch_norm_train", &batch_norm_train_cpu);
   m.impl("batch_norm_train_forward", &forward_op);
   m.impl("batch_norm_train_backward", &backward_op);
+  m.impl("batch_norm_eval", &batch_norm_eval_cpu);
 }
