@@ -2,9 +2,10 @@
 
 Why: on a CPU, ATen's BatchNorm over a channels-last map with few channels (a width-8 CIFAR
 ResNet's 8 or 16) is far slower than its memory traffic needs. At 64x8x28x28 one forward +
-backward took 1.3 ms; the same passes fused here take 0.43 ms (``scripts/bn_ab.py``). A fifth of a
-narrow net's step is BatchNorm, which the FLOP count leaves out, so its cost made every skip of
-convolution work save less time than FLOPs.
+backward took 1.3-1.8 ms, the time of 25 copies of the map; fused here it takes 0.5-0.6 ms
+(``scripts/bn_by_stage.py``). It was a fifth of a narrow net's step, which the FLOP count leaves
+out, so it made every skip of convolution work save less time than FLOPs; a step is now 7-11%
+faster (``scripts/bn_ab.py``).
 
 What it computes: the batch statistics (one pass: sums shifted by the first pixel, added up in
 double in a fixed order, so results do not depend on the thread count), then ``y`` (one pass);
@@ -15,7 +16,7 @@ evaluation) it is one pass, ``y = (x - running_mean) * scale + bias``. Anything 
 bf16 under autocast, no affine parameters, eval mode inside a graph) runs PyTorch's own BatchNorm.
 
 The kernel (``csrc/batch_norm_cl.cpp``) is compiled once per machine and torch version on first
-use (about 30 s, with ``torch.utils.cpp_extension``; ``scripts/setup.sh`` does it at install).
+use (about 25 s, with ``torch.utils.cpp_extension``; ``scripts/setup.sh`` does it at install).
 Without a C++ compiler ldtune warns once and trains with PyTorch's BatchNorm.
 ``LDTUNE_FUSED_BN=0`` turns it off (for A/B timing).
 """

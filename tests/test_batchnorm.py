@@ -50,7 +50,8 @@ def test_matches_pytorch_in_float64_forward_backward_and_running_statistics(shap
         yr, yf = ref(xr), fused(xf)
         yr.backward(dy)
         yf.backward(dy.float())
-    assert yf.is_contiguous(memory_format=torch.channels_last) and xf.grad.is_contiguous(memory_format=torch.channels_last)
+    for t in (yf, xf.grad):
+        assert t.is_contiguous(memory_format=torch.channels_last)
     for got, want in [(yf, yr), (xf.grad, xr.grad), (fused.weight.grad, ref.weight.grad),
                       (fused.bias.grad, ref.bias.grad), (fused.running_mean, ref.running_mean),
                       (fused.running_var, ref.running_var)]:
@@ -99,7 +100,8 @@ def test_runs_only_where_it_applies():
         return {n.split(".")[0] + "." + n.split(".")[1] for n in log.names}
 
     x_grad = _cl(x).requires_grad_()
-    assert {"ldtune.batch_norm_train_forward", "ldtune.batch_norm_train_backward"} <= ops(lambda: bn(x_grad).sum().backward())
+    trained = ops(lambda: bn(x_grad).sum().backward())
+    assert {"ldtune.batch_norm_train_forward", "ldtune.batch_norm_train_backward"} <= trained
     bn.eval()
     with torch.no_grad():
         assert ops(lambda: bn(xc)) == {"ldtune.batch_norm_eval"}  # a frozen layer, evaluation

@@ -34,16 +34,17 @@ Readings chosen:
   equal units (``tests/test_methods.py`` checks both the paper's arithmetic and ours). Counted
   FLOPs omit BN, ReLU and adds, which the skipped branches also save and the shortcut's BN adds.
 
-Time vs FLOPs: on a narrow net on a CPU the shortcut is memory-bound. Its 1x1 conv and BN read
-and write as many bytes as a 3x3 conv and its BN while doing 1/9 of the conv's FLOPs, so with
-every branch on a step costs about 1.2x the baseline's time for 1.05x its FLOPs, and
-``time_saved`` trails ``flops_saved`` by that overhead (ResNet-56 at width 8, p = 0.5: 20-28%
-less time for 42% fewer FLOPs, six runs on two machines, BENCHMARKS.md). Dropping the same
-branches with identity shortcuts (``stochastic_depth`` with ``rule: uniform``) turns nearly all
-of the FLOP saving into time (efficiency 0.85-0.93 in BENCHMARKS.md). On an H100 at batch 256,
-where a step's time follows its kernel launches, the shortcuts' extra conv and BN kernels cost
-more than the skipped branches save: ResNet-18 at 32x32, p = 0.5, 31% fewer FLOPs and 14% *more*
-time.
+Time vs FLOPs: on a narrow net on a CPU the shortcut costs far more time than FLOPs. Its 1x1 conv
+does 1/9 of a 3x3 conv's FLOPs but reads and writes as many bytes, and oneDNN runs it at about half
+a 3x3 conv's FLOP rate at 8 channels; its BatchNorm adds passes that no FLOP count includes. With
+every branch on, a step costs 1.09-1.21x the baseline's time for 1.05x its FLOPs (six in-process
+measurements, ``scripts/step_anatomy.py`` and ``scripts/bn_ab.py``), and ``time_saved`` trails
+``flops_saved`` by that overhead. ResNet-56 at width 8, p = 0.5: 29.0-31.7% less time for 42% fewer
+FLOPs over three ``ldtune bench`` runs with ldtune's fused CPU BatchNorm (20-28% over six runs
+before it, BENCHMARKS.md). Dropping the same branches with identity shortcuts (``stochastic_depth``
+with ``rule: uniform``) turns nearly all of the FLOP saving into time. On an H100 at batch 256,
+where a step's time follows its kernel launches, the shortcuts' extra conv and BN kernels cost more
+than the skipped branches save: ResNet-18 at 32x32, p = 0.5, 31% fewer FLOPs and 14% *more* time.
 
 Paper: J. Guo and S. Gould, "Depth Dropout: Efficient Training of Residual Convolutional Neural
 Networks", DICTA 2016 (../shared/papers/depth-dropout.txt), Eq. 3-4 and Sec. III-C.

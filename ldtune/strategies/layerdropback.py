@@ -18,9 +18,10 @@ flags live, so ``epoch_flops`` shows the saving. Batch size times ``kappa`` save
 (same samples per epoch) but fewer, larger steps.
 
 Time vs FLOPs: weight-gradient GEMMs are a third of a step's FLOPs but, on a narrow net on a CPU,
-only about a fifth of its time: BatchNorm, ReLU and the input gradients still run. So
-``time_saved`` trails ``flops_saved``. With every weight after the stem off, 33% fewer FLOPs
-gave 20-22% less time on ResNet-20 at width 8 (``scripts/step_anatomy.py``, BENCHMARKS.md).
+less of its time: BatchNorm, ReLU and the input gradients still run. So ``time_saved`` trails
+``flops_saved``. With every weight after the stem off, 33% fewer FLOPs gave 26-29% less time on
+ResNet-20 at width 8 (efficiency 0.79-0.88 with ldtune's fused CPU BatchNorm, 0.60-0.83 before
+it; ``scripts/step_anatomy.py``, ``scripts/bn_ab.py``, BENCHMARKS.md).
 On an H100 it is the other way round: the DROP epochs' larger batches (``kappa``) need fewer
 kernel launches per image, so ResNet-18 at 32x32 trained 32% faster for 9% fewer FLOPs.
 
