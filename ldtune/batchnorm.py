@@ -15,14 +15,16 @@ statistics as ``nn.BatchNorm2d`` does. In eval mode with no gradient needed (a f
 evaluation) it is one pass, ``y = (x - running_mean) * scale + bias``. Anything else (CUDA, NCHW,
 bf16 under autocast, no affine parameters, eval mode inside a graph) runs PyTorch's own BatchNorm.
 
-The kernel (``csrc/batch_norm_cl.cpp``) is compiled once per machine and torch version on first
-use (about 25 s, with ``torch.utils.cpp_extension``; ``scripts/setup.sh`` does it at install).
+The kernel (``csrc/batch_norm_cl.cpp``) is compiled on first use, once per kernel source, torch
+and Python version, into ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``, under ``ldtune/``
+(about 25 s, with ``torch.utils.cpp_extension``; ``scripts/setup.sh`` does it at install).
 Without a C++ compiler ldtune warns once and trains with PyTorch's BatchNorm.
 ``LDTUNE_FUSED_BN=0`` turns it off (for A/B timing).
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import re
@@ -37,20 +39,34 @@ import torch.nn as nn
 SOURCE = Path(__file__).with_name("csrc") / "batch_norm_cl.cpp"
 
 
+def _build_dir() -> tuple[str, Path]:
+    """The library's name and build folder: one per kernel source, torch and Python version."""
+    digest = hashlib.sha1(SOURCE.read_bytes()).hexdigest()[:10]
+    name = (f"ldtune_batch_norm_{digest}_torch{re.sub(r'[^0-9a-zA-Z]', '_', torch.__version__)}"
+            f"_py{sys.version_info.major}{sys.version_info.minor}")
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
+    return name, Path(root) / "ldtune" / name
+
+
 @functools.cache
 def available() -> bool:
-    """Build (first time) and load the kernel; False, with one warning, where that fails."""
+    """Load the kernel, building it the first time; False, with one warning, where that fails."""
     if os.environ.get("LDTUNE_FUSED_BN", "1") == "0":
         return False
     try:
+        name, build = _build_dir()
+        built = build / f"{name}.so"
+        if built.is_file():  # loaded directly: no build lock to wait on, no ninja run per process
+            torch.ops.load_library(str(built))
+            return True
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime is found"
         from torch.utils import cpp_extension
         bin_dir = str(Path(sys.executable).parent)  # the venv's ninja, when PATH lacks it
         if shutil.which("ninja") is None and bin_dir not in os.environ.get("PATH", ""):
             os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
-        name = "ldtune_batch_norm_" + re.sub(r"\W", "_", torch.__version__)  # one build per torch version
-        cpp_extension.load(name, [str(SOURCE)], extra_cflags=["-O3", "-fopenmp-simd"], is_python_module=False,
-                           verbose=False)
+        build.mkdir(parents=True, exist_ok=True)
+        cpp_extension.load(name, [str(SOURCE)], extra_cflags=["-O3", "-fopenmp-simd"], build_directory=str(build),
+                           is_python_module=False, verbose=False)
         return True
     except Exception as e:  # no compiler, no ninja, a failed build: train with PyTorch's BatchNorm
         warnings.warn(f"ldtune: fused CPU BatchNorm unavailable, using PyTorch's ({type(e).__name__}: {e})")
