@@ -1,7 +1,7 @@
-// Training-mode BatchNorm for channels-last float32 CPU tensors, seen as P pixels x C channels
-// (ldtune/batchnorm.py says why). Forward reads x twice (statistics, then y); backward reads x and dy
-// twice (sums, then dx). Registered as torch.ops.ldtune.batch_norm_train, with its autograd in C++ so
-// that a step runs no Python beyond the module's call.
+// BatchNorm for channels-last float32 CPU tensors, seen as P pixels x C channels (ldtune/batchnorm.py
+// says why). Training: forward reads x twice (statistics, then y), backward reads x and dy twice (sums,
+// then dx). Ops: torch.ops.ldtune.batch_norm_train (autograd in C++, so that a step runs no Python
+// beyond the module's call) over batch_norm_train_forward / _backward; batch_norm_eval (one pass).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/autograd.h>
