@@ -84,12 +84,13 @@ class BatchNorm2d(nn.BatchNorm2d):
         if self.training or self.running_mean is None:  # batch statistics, as nn.BatchNorm2d decides
             if x.numel() == x.shape[1]:
                 return super().forward(x)  # one value per channel: PyTorch's own error
-            momentum = 0.0
-            if self.training and self.track_running_stats:
+            update = self.training and self.track_running_stats  # running statistics: updated in the kernel
+            factor = 0.0
+            if update:
                 self.num_batches_tracked.add_(1)
-                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-            return torch.ops.ldtune.batch_norm_train(x, self.weight, self.bias, self.running_mean if momentum else None,
-                                                     self.running_var if momentum else None, momentum, self.eps)
+                factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            running = (self.running_mean, self.running_var) if update else (None, None)
+            return torch.ops.ldtune.batch_norm_train(x, self.weight, self.bias, *running, factor, self.eps)
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad or self.bias.requires_grad):
             return super().forward(x)  # eval mode inside a graph: PyTorch's BatchNorm has the gradient
         return torch.ops.ldtune.batch_norm_eval(x, self.weight, self.bias, self.running_mean, self.running_var,
@@ -97,7 +98,7 @@ class BatchNorm2d(nn.BatchNorm2d):
 
 
 def use_fused(model: nn.Module) -> int:
-    """Give every ``nn.BatchNorm2d`` of ``model`` the fused CPU training step, in place (same
+    """Give every ``nn.BatchNorm2d`` of ``model`` the fused CPU BatchNorm, in place (same
     parameters, buffers and state-dict keys); returns how many. 0 where the kernel is unavailable."""
     bns = [m for m in model.modules() if type(m) is nn.BatchNorm2d]
     if not bns or not available():
