@@ -120,7 +120,10 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     import platform
-    return f"cpu:{platform.processor() or platform.machine()}:{torch.get_num_threads()}t"
+    # runs whose BatchNorm differs do not time alike, so they do not share a baseline: where the
+    # fused kernel could not be built (no compiler on that node), the name says so
+    fallback = "" if batchnorm.available() else ":aten-bn"
+    return f"cpu:{platform.processor() or platform.machine()}:{torch.get_num_threads()}t{fallback}"
 
 
 class Sync:

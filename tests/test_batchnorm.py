@@ -150,3 +150,13 @@ def test_a_whole_net_step_matches_and_every_batchnorm_is_fused():
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     for p, q in zip(net.parameters(), fused.parameters()):
         assert torch.allclose(p.grad, q.grad, rtol=1e-3, atol=1e-5)
+
+
+def test_runs_without_the_kernel_are_named_apart(monkeypatch):
+    # a node that cannot build the kernel trains slower; its runs must not share the others' baseline
+    from ldtune.train import device_name
+    assert not device_name(torch.device("cpu")).endswith(":aten-bn")
+    monkeypatch.setattr(batchnorm, "available", lambda: False)
+    assert device_name(torch.device("cpu")).endswith(":aten-bn")
+    net = models.build("resnet20", 1, 10, width=4, image_size=28)
+    assert batchnorm.use_fused(net) == 0 and all(type(m) is not batchnorm.BatchNorm2d for m in net.modules())
