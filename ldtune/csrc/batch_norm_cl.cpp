@@ -107,31 +107,33 @@ void check(const at::Tensor& x) {
                   x.is_contiguous(at::MemoryFormat::ChannelsLast),
               "channels-last float32 CPU tensor expected");
 }
-}  // namespace
 
-namespace {
-// -> (y, mean, rstd); updates the running statistics (defined tensors) as nn.BatchNorm2d does:
+// The CPU kernels of ldtune::batch_norm_train_forward / _backward, called through the dispatcher (so
+// dispatch modes and the profiler see them).
+// -> (y, mean, rstd); updates the running statistics (when given) as nn.BatchNorm2d does:
 // r = (1 - momentum) r + momentum s, with the unbiased batch variance
-std::vector<at::Tensor> forward_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                                    const at::Tensor& running_mean, const at::Tensor& running_var, double momentum,
-                                    double eps) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_op(const at::Tensor& x, const at::Tensor& weight,
+                                                         const at::Tensor& bias,
+                                                         const c10::optional<at::Tensor>& running_mean,
+                                                         const c10::optional<at::Tensor>& running_var,
+                                                         double momentum, double eps) {
   check(x);
   const int64_t C = x.size(1);
   const double P = static_cast<double>(x.numel() / C);
   TORCH_CHECK(P > 1, "BatchNorm needs more than one value per channel in training");
   TORCH_CHECK(weight.scalar_type() == at::kFloat && bias.scalar_type() == at::kFloat && weight.numel() == C &&
                   bias.numel() == C, "weight, bias: float32 of one value per channel expected");
-  const bool track = running_mean.defined();
-  TORCH_CHECK(!track || (running_mean.is_contiguous() && running_var.is_contiguous() &&
-                         running_mean.scalar_type() == at::kFloat && running_var.scalar_type() == at::kFloat),
+  const bool track = running_mean.has_value() && running_var.has_value();
+  TORCH_CHECK(!track || (running_mean->is_contiguous() && running_var->is_contiguous() &&
+                         running_mean->scalar_type() == at::kFloat && running_var->scalar_type() == at::kFloat),
               "running statistics: contiguous float32 expected");
   auto w = weight.contiguous(), b = bias.contiguous();
   auto mean = at::empty({C}, x.options()), rstd = at::empty({C}, x.options());
   std::vector<float> shift(x.data_ptr<float>(), x.data_ptr<float>() + C), scale(C);  // the first pixel
   auto s = sums(x, nullptr, shift.data());
   float *M = mean.data_ptr<float>(), *R = rstd.data_ptr<float>();
-  float* RM = track ? running_mean.data_ptr<float>() : nullptr;
-  float* RV = track ? running_var.data_ptr<float>() : nullptr;
+  float* RM = track ? running_mean->data_ptr<float>() : nullptr;
+  float* RV = track ? running_var->data_ptr<float>() : nullptr;
   const float* Wp = w.data_ptr<float>();
   for (int64_t c = 0; c < C; ++c) {
     const double dm = s[c] / P, v = std::max(s[C + c] / P - dm * dm, 0.0);
@@ -147,9 +149,10 @@ std::vector<at::Tensor> forward_cpu(const at::Tensor& x, const at::Tensor& weigh
   return {y, mean, rstd};
 }
 
-// -> (dx or undefined, dweight, dbias)
-std::vector<at::Tensor> backward_cpu(const at::Tensor& dy_, const at::Tensor& x, const at::Tensor& mean,
-                                     const at::Tensor& rstd, const at::Tensor& weight, bool input_grad) {
+// -> (dx, or an empty tensor without input_grad, dweight, dbias)
+std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_op(const at::Tensor& dy_, const at::Tensor& x,
+                                                          const at::Tensor& mean, const at::Tensor& rstd,
+                                                          const at::Tensor& weight, bool input_grad) {
   TORCH_CHECK(dy_.scalar_type() == at::kFloat && dy_.sizes() == x.sizes(), "dy: float32 of x's shape expected");
   auto dy = dy_.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t C = x.size(1);
@@ -167,27 +170,8 @@ std::vector<at::Tensor> backward_cpu(const at::Tensor& dy_, const at::Tensor& x,
     u[c] = static_cast<float>(-a[c] * R[c] * R[c] * s[C + c] / P);
     t[c] = static_cast<float>(-a[c] * s[c] / P);
   }
-  if (!input_grad) return {at::Tensor(), dw, db};  // x needs no gradient: no dx pass
+  if (!input_grad) return {at::empty({0}, x.options()), dw, db};  // x needs no gradient: no dx pass
   return {affine(x, dy.data_ptr<float>(), M, a.data(), u.data(), t.data()), dw, db};
-}
-
-// The CPU kernels' entry points, called through the dispatcher (so dispatch modes and the profiler see
-// ldtune::batch_norm_train_forward / _backward)
-std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_op(const at::Tensor& x, const at::Tensor& weight,
-                                                         const at::Tensor& bias,
-                                                         const c10::optional<at::Tensor>& running_mean,
-                                                         const c10::optional<at::Tensor>& running_var,
-                                                         double momentum, double eps) {
-  auto out = forward_cpu(x, weight, bias, running_mean.value_or(at::Tensor()), running_var.value_or(at::Tensor()),
-                         momentum, eps);
-  return {out[0], out[1], out[2]};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_op(const at::Tensor& dy, const at::Tensor& x,
-                                                          const at::Tensor& mean, const at::Tensor& rstd,
-                                                          const at::Tensor& weight, bool input_grad) {
-  auto g = backward_cpu(dy, x, mean, rstd, weight, input_grad);
-  return {input_grad ? g[0] : at::empty({0}, x.options()), g[1], g[2]};  // no dx: an empty tensor
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> call_forward(const at::Tensor& x, const at::Tensor& weight,
