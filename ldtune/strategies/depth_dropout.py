@@ -36,7 +36,8 @@ Readings chosen:
 
 Time vs FLOPs: on a narrow net on a CPU the shortcut costs far more time than FLOPs. Its 1x1 conv
 does 1/9 of a 3x3 conv's FLOPs but reads and writes as many bytes, and oneDNN runs it at about half
-a 3x3 conv's FLOP rate at 8 channels; its BatchNorm adds passes that no FLOP count includes. With
+a 3x3 conv's FLOP rate at 8 channels (a hand-written 1x1 kernel saved only about 1% of a step,
+BENCHMARKS.md); its BatchNorm adds passes that no FLOP count includes. With
 every branch on, a step costs 1.09-1.21x the baseline's time for 1.05x its FLOPs (six in-process
 measurements, ``scripts/step_anatomy.py`` and ``scripts/bn_ab.py``), and ``time_saved`` trails
 ``flops_saved`` by that overhead. ResNet-56 at width 8, p = 0.5: 29.0-31.7% less time for 42% fewer
