@@ -14,7 +14,7 @@ import time
 import torch
 
 from ldtune import batchnorm
-from ldtune.train import reuse_freed_memory
+from ldtune.train import reuse_freed_memory, sgd
 from step_anatomy import flops, sgd_steps, variant  # this directory is on sys.path when a script runs
 
 VARIANTS = ("plain", "stage 1", "stage 3", "half off", "dd all on", "dd half off", "no weight grads")
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
             net = net.to(memory_format=torch.channels_last).train()
             if kind == "fused":
                 batchnorm.use_fused(net)
-            opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+            opt = sgd(net.parameters(), torch.device("cpu"), lr=0.01, momentum=0.9, weight_decay=5e-4)
             built[n, kind] = (net, hook, opt)
     x = torch.randn(a.batch_size, 1, 28, 28).to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (a.batch_size,))

@@ -33,7 +33,7 @@ from ldtune.cost import CostTable
 from ldtune.models import ResidualUnit
 from ldtune.strategies.depth_dropout import branch_channels, trainable_shortcut
 from ldtune.strategies.layerdropback import layers_of
-from ldtune.train import Sync, autocast_for, reuse_freed_memory
+from ldtune.train import Sync, autocast_for, reuse_freed_memory, sgd
 
 
 def stages(units: list[ResidualUnit]) -> list[list[ResidualUnit]]:
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
         net = net.to(dev, memory_format=torch.channels_last).train()
         if not cuda and a.bn == "fused":
             batchnorm.use_fused(net)
-        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        opt = sgd(net.parameters(), dev, lr=0.01, momentum=0.9, weight_decay=5e-4)
         built[n] = (net, hook, opt, f)
     x = torch.randn(a.batch_size, 1, a.image_size, a.image_size, device=dev).to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (a.batch_size,), device=dev)

@@ -77,3 +77,26 @@ def test_lr_schedules():
     assert [lr_schedule("step", t) for t in (0.0, 0.49, 0.5, 0.74, 0.75, 1.0)] == pytest.approx(
         [1.0, 1.0, 0.1, 0.1, 0.01, 0.01])  # x0.1 at 50% and at 75% of training
     assert {lr_schedule("constant", t) for t in (0.0, 0.5, 1.0)} == {1.0}
+
+
+def test_cpu_sgd_matches_pytorchs_loop_when_parameters_start_and_skip_steps():
+    # a skipped branch's parameters get no gradient on some steps, and their first one late; the
+    # fused CPU SGD with zero-started momentum buffers must update exactly as PyTorch's loop SGD does
+    from ldtune.train import sgd
+    torch.manual_seed(0)
+    ref = [torch.randn(8, 4, 3, 3).to(memory_format=torch.channels_last), torch.randn(8), torch.randn(3)]
+    ours = [p.clone() for p in ref]
+    hp = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
+    opts = [torch.optim.SGD([{"params": ref[:2]}, {"params": ref[2:]}], foreach=False, **hp),
+            sgd([{"params": ours[:2]}, {"params": ours[2:]}], torch.device("cpu"), **hp)]
+    has_grad = [(True, False, False), (True, True, False), (False, True, False), (True, True, False)]
+    for step in has_grad:
+        grads = [torch.randn_like(p) for p in ref]
+        for params, opt in zip((ref, ours), opts):
+            for p, g, on in zip(params, grads, step):
+                p.grad = g.clone() if on else None
+            opt.step()
+    for a, b in zip(ref, ours):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert ours[0].is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(opts[1].state[ours[2]]["momentum_buffer"], torch.zeros(3))  # never had a gradient: untouched
