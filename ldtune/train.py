@@ -285,8 +285,8 @@ def fit(w: Workload, strategy: Strategy, callback: Callable[[dict], None] | None
 
 def sgd(params, device: torch.device, lr: float, momentum: float, weight_decay: float) -> torch.optim.SGD:
     """SGD as training runs it. On a CPU it is the fused implementation, one kernel over every
-    parameter instead of a Python loop: 0.57 ms instead of 1.02 ms a step for a width-8 ResNet-20,
-    1.8 ms instead of 3.5 ms for ResNet-56 (BENCHMARKS.md). CUDA keeps PyTorch's default (foreach),
+    parameter instead of a Python loop: 0.26-0.57 ms instead of 1.0-1.4 ms a step for a width-8
+    ResNet-20 (``scripts/sgd_ab.py``, BENCHMARKS.md). CUDA keeps PyTorch's default (foreach),
     which BENCHMARKS.md's GPU figures used. Parameters without a gradient are skipped either way.
 
     Fused SGD (torch 2.14) fails when a group's parameters get their first gradient at different
