@@ -292,7 +292,9 @@ def sgd(params, device: torch.device, lr: float, momentum: float, weight_decay: 
     Fused SGD (torch 2.14) fails when a group's parameters get their first gradient at different
     steps, as a skipped branch's do: it makes momentum buffers only when no parameter has one. So
     every buffer starts at zero here. Without dampening, the first update ``0 * momentum + g`` is
-    the ``g`` that PyTorch's lazy buffer starts with (``tests/test_train.py`` checks the match)."""
+    the ``g`` that PyTorch's lazy buffer starts with (``tests/test_train.py`` checks the match).
+    The fused kernel also reads each gradient in its parameter's memory layout. Autograd makes
+    gradients that way; a gradient set by hand in another layout would update the wrong elements."""
     fused = device.type == "cpu"
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fused or None)
     if fused and momentum:

@@ -100,3 +100,31 @@ def test_cpu_sgd_matches_pytorchs_loop_when_parameters_start_and_skip_steps():
         assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
     assert ours[0].is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(opts[1].state[ours[2]]["momentum_buffer"], torch.zeros(3))  # never had a gradient: untouched
+
+
+def test_cpu_sgd_matches_pytorchs_loop_on_a_channels_last_net():
+    # fused SGD walks each parameter's memory as is: a gradient must have its parameter's layout,
+    # as autograd makes it; on real channels-last steps (3x3 and 1x1 convs, BatchNorm, the head)
+    # the updates match the loop SGD's
+    import copy
+    import torch.nn.functional as F
+    from ldtune import models
+    from ldtune.strategies.depth_dropout import branch_channels, trainable_shortcut
+    from ldtune.train import sgd
+    torch.manual_seed(0)
+    net = models.build("resnet20", 1, 10, width=4, image_size=28)
+    for u in models.residual_units(net):
+        if not u.downsample:
+            u.shortcut = trainable_shortcut(branch_channels(u))
+    net = net.to(memory_format=torch.channels_last).train()
+    ref = copy.deepcopy(net)
+    hp = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
+    opts = [torch.optim.SGD(ref.parameters(), foreach=False, **hp), sgd(net.parameters(), torch.device("cpu"), **hp)]
+    x, y = torch.randn(8, 1, 28, 28).to(memory_format=torch.channels_last), torch.arange(8) % 10
+    for _ in range(3):
+        for m, opt in zip((ref, net), opts):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(m(x), y).backward()
+            opt.step()
+    for a, b in zip(ref.parameters(), net.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
