@@ -8,14 +8,14 @@ step's time and in each variant's efficiency (time saved / FLOPs saved).
 from __future__ import annotations
 
 import argparse
-import statistics
+import functools
 import time
 
 import torch
 
 from ldtune import batchnorm
 from ldtune.train import reuse_freed_memory, sgd
-from step_anatomy import flops, sgd_steps, variant  # this directory is on sys.path when a script runs
+from step_anatomy import flops, interleaved, sgd_steps, variant  # this directory is on sys.path when a script runs
 
 VARIANTS = ("plain", "stage 1", "stage 3", "half off", "dd all on", "dd half off", "no weight grads")
 KINDS = ("native", "fused")
@@ -53,14 +53,9 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], float]:
         sgd_steps(net, opt, x, y, steps, hook)
         return (time.perf_counter() - t) / steps * 1e3
 
-    keys = list(built)
-    times: dict = {k: [] for k in keys}
-    for k in keys:
+    for k in built:
         run(k, 2)  # warm-up
-    for r in range(a.rounds):
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
-            times[k].append(run(k, a.steps))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved({k: functools.partial(run, k, a.steps) for k in built}, a.rounds)
     print(f"{a.model} width {a.width}, batch {a.batch_size}, 1 thread, channels-last; ms per step, median of "
           f"{a.rounds} interleaved rounds of {a.steps} steps; efficiency = time saved / FLOPs saved")
     print(f"{'variant':<16}{'flops_saved':>12}{'native ms':>11}{'fused ms':>10}{'change':>8}"

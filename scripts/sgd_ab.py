@@ -8,31 +8,24 @@ optimizer step alone, then whole SGD steps of step_anatomy's variants, interleav
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
 
 from ldtune import batchnorm
 from ldtune.train import reuse_freed_memory, sgd
-from step_anatomy import sgd_steps, variant  # this directory is on sys.path when a script runs
+from step_anatomy import interleaved, sgd_steps, variant  # this directory is on sys.path when a script runs
 
 VARIANTS = ("plain", "half off", "dd all on", "dd half off")
+KINDS = ("loop", "fused")
 HP = dict(lr=0.01, momentum=0.9, weight_decay=5e-4)
 
 
-def optimizers(net) -> dict[str, torch.optim.Optimizer]:
-    return {"loop": torch.optim.SGD(net.parameters(), foreach=False, **HP),
-            "fused": sgd(net.parameters(), torch.device("cpu"), **HP)}
-
-
-def interleaved(fns: dict, rounds: int) -> dict[str, float]:
-    """Median over ``rounds`` of each ``fns[k]()``'s ms, the order rotated every round."""
-    keys, times = list(fns), {k: [] for k in fns}
-    for r in range(rounds):
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
-            times[k].append(fns[k]())
-    return {k: statistics.median(v) for k, v in times.items()}
+def optimizer(net, kind: str) -> torch.optim.Optimizer:
+    """PyTorch's loop SGD ("loop") or training's (``ldtune.train.sgd``, "fused")."""
+    if kind == "loop":
+        return torch.optim.SGD(net.parameters(), foreach=False, **HP)
+    return sgd(net.parameters(), torch.device("cpu"), **HP)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     net, _ = variant("plain", a.model, a.width)
     for p in net.parameters():
         p.grad = torch.randn_like(p)
-    opts = optimizers(net)
+    opts = {k: optimizer(net, k) for k in KINDS}
 
     def step_only(opt, n: int = 50):
         def run() -> float:
@@ -61,16 +54,16 @@ def main(argv: list[str] | None = None) -> None:
         return run
 
     alone = interleaved({k: step_only(o) for k, o in opts.items()}, a.rounds)
-    print(f"{a.model} width {a.width}: optimizer.step() alone, {sum(p.numel() > 0 for p in net.parameters())} "
+    print(f"{a.model} width {a.width}: optimizer.step() alone, {len(list(net.parameters()))} "
           f"parameter tensors: loop {alone['loop']:.2f} ms, fused {alone['fused']:.2f} ms")
 
     runs = {}
     for n in VARIANTS:
-        for kind in ("loop", "fused"):
+        for kind in KINDS:
             net, hook = variant(n, a.model, a.width)
             net = net.to(memory_format=torch.channels_last).train()
             batchnorm.use_fused(net)
-            opt = optimizers(net)[kind]
+            opt = optimizer(net, kind)
             sgd_steps(net, opt, x, y, 2, hook)  # warm-up
 
             def run(net=net, opt=opt, hook=hook) -> float:

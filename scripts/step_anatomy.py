@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import statistics
 import time
 
@@ -105,6 +106,16 @@ def sgd_steps(net, opt, x, y, steps: int, hook=None, autocast=contextlib.nullcon
         opt.step()
 
 
+def interleaved(runs: dict, rounds: int) -> dict:
+    """Median over ``rounds`` of each ``runs[k]()`` (a time), the order rotated by one every round,
+    so that slow drifts of a shared machine hit every run alike and no run always goes first."""
+    keys, times = list(runs), {k: [] for k in runs}
+    for r in range(rounds):
+        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+            times[k].append(runs[k]())
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
     """Print the table; return {variant: (time_saved, flops_saved)}, plus {"profile": shares by
     kind of op} with ``--profile``."""
@@ -160,14 +171,11 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
             mallocs[n] += torch.cuda.memory_stats(dev).get("segment.all.allocated", 0) - segments
         return (time.perf_counter() - t) / steps * 1e3
 
-    times: dict[str, list[float]] = {n: [] for n in names}
     for n in names:
         run(n, 3)  # warm-up
     mallocs.update(dict.fromkeys(names, 0))  # count the timed rounds only
-    for r in range(a.rounds):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            times[n].append(run(n, a.steps))
-    base_t, base_f = statistics.median(times["plain"]), built["plain"][3]
+    med = interleaved({n: functools.partial(run, n, a.steps) for n in names}, a.rounds)
+    base_t, base_f = med["plain"], built["plain"][3]
     where = torch.cuda.get_device_name(dev) if cuda else f"{a.threads} thread(s), {a.bn} BatchNorm"
     print(f"{a.model} width {a.width}, {a.image_size}x{a.image_size}, batch {a.batch_size}, {where}, channels-last; "
           f"median of {a.rounds} interleaved rounds of {a.steps} steps")
@@ -175,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[float, float]]:
           + (f"{'cudaMallocs':>13}" if cuda else ""))
     out = {}
     for n in names:
-        t, f = statistics.median(times[n]), built[n][3]
+        t, f = med[n], built[n][3]
         ts, fs = 1 - t / base_t, 1 - f / base_f
         eff = f"{ts / fs:.2f}" if fs >= 0.05 else "-"
         print(f"{n:<18}{t:>9.1f}{ts:>12.1%}{fs:>13.1%}{eff:>12}" + (f"{mallocs[n]:>13}" if cuda else ""))
