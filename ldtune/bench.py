@@ -4,15 +4,31 @@
 CPU one epoch of the baseline: allocator, thread pool and kernel caches; on CUDA one whole round of
 every run, because cuDNN autotunes each new convolution shape on first use, for seconds, and
 would bill the new shapes of a strategy, such as Depth Dropout's shortcuts or LayerDropBack's
-larger DROP-epoch batches, to its first timed run), then ``repeats`` rounds; each
-round runs the baseline and every strategy once, in turn (the order rotated by one each round),
-on seed ``workload.seed + round``, so slow drifts of a shared machine hit every strategy alike.
-Per strategy it reports the median train time, ``time_saved = 1 - T / T_base`` against the
-median baseline time, the counted ``flops_saved`` (cost table, against a baseline run of the same
+larger DROP-epoch batches, to its first timed run), then ``repeats`` rounds, on seed
+``workload.seed + round``. Each round runs the baseline and every strategy once, taken in turn
+(``interleave``):
+
+- ``"step"`` (the default on a CPU): one training step of each run, then the next step of each,
+  the order rotated by one every turn, each run's clock stopped while the others step. A shared
+  machine's noise, which comes and goes within a second, then falls on every run alike: the time
+  ratio of two identical baseline runs varied by sd 0.014 this way against 0.082 for whole runs
+  in turn, in the same noisy minutes (BENCHMARKS.md).
+- ``"epoch"`` (the default on CUDA): an epoch of each run in turn. Stopping the clock between
+  steps would mean a device synchronization after every step, which changes what a GPU step
+  costs; between epochs the loop synchronizes anyway.
+- ``"run"``: each run whole, one after another (the order rotated by one each round).
+
+The runs of a round are in memory together; each draws only from its own seeded generators, so a
+run gives the same result in any of the three modes.
+
+Per strategy it reports the median train time, ``time_saved = 1 - T / T_base`` against the median
+baseline time, the counted ``flops_saved`` (cost table, against a baseline run of the same
 workload), their ratio ``efficiency = time_saved / flops_saved`` (did the FLOP saving become
-time?) and the accuracy delta against the median baseline accuracy. ``baseline_spread`` is half
-the range of the baseline's times over their median: a time_saved within it is within this
-machine's noise.
+time?) and the accuracy delta against the median baseline accuracy. ``round_time_saved`` pairs
+each round's run with that round's baseline run; ``time_saved_spread``, half the range of those,
+is how far this machine's noise moved the saving, and a ``time_saved`` within it is not resolved
+(``within_noise``). ``baseline_spread``, half the range of the baseline's times over their median,
+says how noisy the machine was; drifts that are slow against a round cancel in the pairs.
 """
 from __future__ import annotations
 
@@ -24,21 +40,28 @@ import torch
 
 from . import models, strategies
 from .data import trim_test_set
-from .train import Workload, fit, load_data
+from .errors import UserError
+from .train import Workload, fit, load_data, training
 from .text import plural, subset_text
 
 MIN_SAVING = 0.05  # fraction of FLOPs: below this, efficiency is noise over noise and is not reported
+INTERLEAVES = ("step", "epoch", "run")  # how the runs of a round take turns (module docstring)
 
 
 def bench(w: Workload, runs: list[tuple[str, dict]], repeats: int = 2, data=None, test_subset: int | None = None,
-          warmup: bool = True, progress: Callable[[str, dict], None] | None = None) -> dict:
+          warmup: bool = True, progress: Callable[[str, dict], None] | None = None,
+          interleave: str | None = None) -> dict:
     """Run the baseline and each ``(strategy name, hparams)`` ``repeats`` times, interleaved."""
     w.validate()
+    cuda = torch.device(w.resolved_device()).type == "cuda"
+    interleave = interleave or ("epoch" if cuda else "step")
+    if interleave not in INTERLEAVES:
+        raise UserError("interleave", f"{interleave!r}, not one of {', '.join(INTERLEAVES)}")
     runs = [("baseline", {})] + [r for r in runs if r[0] != "baseline"]
     for name, hp in runs:  # every bad name or value fails here, before any training
         strategies.create(name, **hp)
     data = trim_test_set(data if data is not None else load_data(w), test_subset, w.seed)
-    if warmup and torch.device(w.resolved_device()).type == "cuda":
+    if warmup and cuda:
         for name, hp in runs:
             fit(w, strategies.create(name, **hp), data=data)
     elif warmup:
@@ -46,15 +69,19 @@ def bench(w: Workload, runs: list[tuple[str, dict]], repeats: int = 2, data=None
     results: dict[int, list] = {i: [] for i in range(len(runs))}
     for r in range(repeats):
         wr = dataclasses.replace(w, seed=w.seed + r)
-        order = list(range(len(runs)))
-        order = order[r % len(runs):] + order[:r % len(runs)]  # rotate: no strategy always runs first
-        for i in order:
-            name, hp = runs[i]
-            res = fit(wr, strategies.create(name, **hp), data=data)
+
+        def done(i, res, r=r):
             results[i].append(res)
             if progress is not None:
-                progress(name, {"repeat": r, "train_time_s": res.train_time_s, "flops_saved": res.flops_saved,
-                                "test_accuracy": res.test_accuracy, "status": res.status})
+                progress(runs[i][0], {"repeat": r, "train_time_s": res.train_time_s, "flops_saved": res.flops_saved,
+                                      "test_accuracy": res.test_accuracy, "status": res.status})
+
+        if interleave == "run":
+            for i in _rotated(list(range(len(runs))), r):  # rotated: no strategy always runs first
+                done(i, fit(wr, strategies.create(runs[i][0], **runs[i][1]), data=data))
+        else:
+            in_turn({i: training(wr, strategies.create(name, **hp), data=data, pause=interleave)
+                     for i, (name, hp) in enumerate(runs)}, done, turn=r)
     base = results[0]
     times = [x.train_time_s for x in base]
     t_base = statistics.median(times)
@@ -67,22 +94,48 @@ def bench(w: Workload, runs: list[tuple[str, dict]], repeats: int = 2, data=None
         flops_saved = statistics.median(x.flops_saved for x in rs)
         time_saved = 1.0 - t / t_base if t_base > 0 else 0.0
         acc = statistics.median(x.test_accuracy for x in rs)
+        paired = [1.0 - x.train_time_s / b.train_time_s if b.train_time_s > 0 else 0.0 for x, b in zip(rs, base)]
+        noise = (max(paired) - min(paired)) / 2 if repeats > 1 else None
         rows.append({
             "strategy": name, "hparams": strategies.create(name, **hp).hp, "runs": len(rs),
             "train_time_s": t,  # median over repeats, seconds
             "train_times_s": [x.train_time_s for x in rs],
             "flops_saved": flops_saved, "time_saved": time_saved,
+            "round_time_saved": paired,  # per round, against that round's baseline run
+            "round_flops_saved": [x.flops_saved for x in rs],  # per round (a seed may change what is skipped)
+            "time_saved_spread": noise,  # half the range of round_time_saved (None for one repeat)
             "efficiency": time_saved / flops_saved if flops_saved >= MIN_SAVING else None,
-            "within_noise": i > 0 and repeats > 1 and abs(time_saved) <= spread,  # not resolved from noise
+            "within_noise": i > 0 and noise is not None and abs(time_saved) <= noise,  # not resolved from noise
             "test_accuracy": acc, "accuracy_delta": acc - acc_base,
             "cache_tier": rs[0].epochs[-1]["cache_tier"] if rs[0].epochs else "none",  # where cached maps lived
             "status": "ok" if all(x.status == "ok" for x in rs) else ",".join(sorted({x.status for x in rs})),
         })
     width = w.width if w.model in models.CIFAR_RESNETS else None  # other nets have one width
     return {"model": w.model, "dataset": w.dataset, "width": width, "subset": w.subset, "epochs": w.epochs,
-            "batch_size": w.batch_size, "seed": w.seed, "repeats": repeats, "baseline_spread": spread,
+            "batch_size": w.batch_size, "seed": w.seed, "repeats": repeats, "interleave": interleave,
+            "baseline_spread": spread,
             "test_images": _test_count(data), "device_name": base[0].device_name,
             "threads": torch.get_num_threads(), "rows": rows}
+
+
+def in_turn(paused: dict, done: Callable[..., None], turn: int = 0) -> None:
+    """Take paused runs (``{key: generator}``, as :func:`ldtune.train.training` makes them) one turn
+    each until all have finished, the order rotated by one every turn; ``done(key, FitResult)`` as
+    each finishes."""
+    live = list(paused)
+    while live:
+        for k in _rotated(live, turn):
+            try:
+                next(paused[k])
+            except StopIteration as end:
+                live.remove(k)
+                done(k, end.value)
+        turn += 1
+
+
+def _rotated(keys: list, by: int) -> list:
+    by %= len(keys)
+    return keys[by:] + keys[:by]
 
 
 def _test_count(data) -> int | None:
@@ -90,8 +143,8 @@ def _test_count(data) -> int | None:
 
 
 def timing_spread(times) -> float:
-    """Half the range of repeated training times over their median: a time_saved smaller than this
-    is not resolved from the machine's noise."""
+    """Half the range of repeated training times over their median: how noisy the machine was
+    (a study's baseline repeats; a bench's baseline rounds)."""
     t = statistics.median(times)
     return (max(times) - min(times)) / 2 / t if t else 0.0
 
@@ -99,21 +152,25 @@ def timing_spread(times) -> float:
 def format_table(report: dict) -> str:
     width = f" (width {report['width']})" if report["width"] else ""
     head = (f"{report['model']}{width} on {report['dataset']} ({subset_text(report['subset'])}), "
-            f"{plural(report['epochs'], 'epoch')}, {plural(report['repeats'], 'interleaved repeat')}, "
+            f"{plural(report['epochs'], 'epoch')}, {plural(report['repeats'], 'repeat')} interleaved by "
+            f"{report.get('interleave', 'run')}, "
             f"{report['device_name']}; "
             + (f"baseline times within ±{report['baseline_spread']:.1%} of their median" if report["repeats"] > 1
                else "one repeat: no estimate of the timing noise"))
-    lines = [head, f"{'strategy':<18}{'flops_saved':>12}{'time_saved':>12}{'efficiency':>12} {'accuracy':>10}"
-             f"{'acc_delta':>11}{'time_s':>9}"]
+    lines = [head, f"{'strategy':<18}{'flops_saved':>12}{'time_saved':>12}{'±rounds':>9}{'efficiency':>12} "
+             f"{'accuracy':>10}{'acc_delta':>11}{'time_s':>9}"]
     for r in report["rows"]:
         eff = (f"{r['efficiency']:.2f}" if r["efficiency"] is not None else "-") + ("*" if r["within_noise"] else " ")
-        lines.append(f"{r['strategy']:<18}{r['flops_saved']:>12.1%}{r['time_saved']:>12.1%}{eff:>13}"
+        noise = r.get("time_saved_spread")
+        noise = f"{noise:.1%}" if noise is not None and r["strategy"] != "baseline" else "-"
+        lines.append(f"{r['strategy']:<18}{r['flops_saved']:>12.1%}{r['time_saved']:>12.1%}{noise:>9}{eff:>13}"
                      f"{r['test_accuracy']:>10.4f}{r['accuracy_delta']:>+11.4f}{r['train_time_s']:>9.2f}"
                      + ("" if r["status"] == "ok" else f"  ({r['status']})")
                      + ("" if r["cache_tier"] == "none" else f"  cache: {r['cache_tier']}"))
-    lines.append(f"efficiency = time_saved / flops_saved; '-' where under {MIN_SAVING:.0%} of FLOPs is saved")
+    lines.append(f"efficiency = time_saved / flops_saved; '-' where under {MIN_SAVING:.0%} of FLOPs is saved; "
+                 "±rounds: half the range of the rounds' savings, each against its round's baseline")
     if any(r["within_noise"] for r in report["rows"]):
-        lines.append("* time_saved within the baseline's spread: this run does not resolve it from noise")
+        lines.append("* time_saved within ±rounds: this run does not resolve it from noise")
     for r in report["rows"][1:]:
         if r["flops_saved"] < MIN_SAVING and r["status"] == "ok":  # often a default meant for longer runs
             hp = ", ".join(f"{k}={v}" for k, v in r.get("hparams", {}).items())

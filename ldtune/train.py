@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Generator, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -151,9 +151,34 @@ def build_model(w: Workload, data) -> models.BlockNet:
     return models.build(w.model, data.in_channels, data.num_classes, width=w.width, image_size=data.image_size)
 
 
+PAUSES = ("step", "epoch")  # where a run made by `training` pauses
+
+
 def fit(w: Workload, strategy: Strategy, callback: Callable[[dict], None] | None = None, data=None,
         workdir: str | Path | None = None) -> FitResult:
     """Train one run of workload ``w`` with ``strategy``; see the module docstring."""
+    return finish(training(w, strategy, callback, data, workdir))
+
+
+def finish(run: Iterator[None]) -> FitResult:
+    """Run the rest of a run made by :func:`training` and return its result."""
+    while True:
+        try:
+            next(run)
+        except StopIteration as done:
+            return done.value
+
+
+def training(w: Workload, strategy: Strategy, callback: Callable[[dict], None] | None = None, data=None,
+             workdir: str | Path | None = None, pause: str = "epoch") -> Generator[None, None, FitResult]:
+    """:func:`fit` as a generator that returns the :class:`FitResult`. It pauses, with its clock
+    stopped, after every training step (``pause="step"``) or after every epoch, once the epoch is
+    evaluated and reported (``"epoch"``). ``ldtune bench`` takes several runs in turn through it,
+    so that a shared machine's noise falls on each of them alike. Every random draw of a run comes
+    from its own seeded generators, so a run taken in turn with others gives exactly the result
+    it gives alone (tested)."""
+    if pause not in PAUSES:
+        raise ValueError(f"pause: {pause!r}, not one of {PAUSES}")
     w.validate()
     dev = torch.device(w.resolved_device())
     if dev.type == "cpu":
@@ -250,6 +275,11 @@ def fit(w: Workload, strategy: Strategy, callback: Callable[[dict], None] | None
                 opt.step()
                 loss_sum += loss.detach()
                 epoch_flops += cost.step(cached, frozen) * b.x.shape[0]
+                if pause == "step":  # the clock stops while other runs take their steps
+                    sync()
+                    paused = time.perf_counter()
+                    yield
+                    t0 += time.perf_counter() - paused
             sync()
             epoch_time = time.perf_counter() - t0
             train_time += epoch_time
@@ -272,6 +302,8 @@ def fit(w: Workload, strategy: Strategy, callback: Callable[[dict], None] | None
             if not math.isfinite(train_loss):
                 status, err = "diverged", f"non-finite training loss in epoch {epoch}"
                 break
+            if pause == "epoch" and epoch + 1 < w.epochs:
+                yield
     finally:
         strategy.teardown()
         cache.close()

@@ -41,8 +41,14 @@ def test_bench_reports_savings_against_the_median_baseline(capsys, one_thread):
     times = base["train_times_s"]
     assert report["baseline_spread"] == pytest.approx((max(times) - min(times)) / 2 / base["train_time_s"])
     assert report["width"] == 4 and all(r["cache_tier"] == "none" for r in rows.values())  # neither caches
+    assert report["interleave"] == "step"  # the default on a CPU
     for r in rows.values():
-        assert r["within_noise"] == (r["strategy"] != "baseline" and abs(r["time_saved"]) <= report["baseline_spread"])
+        # each round's run against the same round's baseline run
+        assert r["round_time_saved"] == pytest.approx([1 - t / b for t, b in zip(r["train_times_s"], times)])
+        assert r["time_saved_spread"] == pytest.approx((max(r["round_time_saved"]) - min(r["round_time_saved"])) / 2)
+        assert len(r["round_flops_saved"]) == 2 and r["flops_saved"] == pytest.approx(sum(r["round_flops_saved"]) / 2)
+        assert r["within_noise"] == (r["strategy"] != "baseline" and abs(r["time_saved"]) <= r["time_saved_spread"])
+    assert base["time_saved_spread"] == 0.0
     assert "efficiency" in err and "baseline times within" in err  # the table goes to stderr under --json
 
 
@@ -69,19 +75,21 @@ def test_table_marks_time_savings_within_the_baselines_spread():
 
     def row(name, time_saved, within_noise):
         return {"strategy": name, "flops_saved": 0.3 if name != "baseline" else 0.0, "time_saved": time_saved,
+                "time_saved_spread": 0.0 if name == "baseline" else 0.02 if not within_noise else 0.08,
                 "efficiency": time_saved / 0.3 if name != "baseline" else None, "within_noise": within_noise,
                 "test_accuracy": 0.9, "accuracy_delta": 0.0, "train_time_s": 1.0, "status": "ok", "cache_tier": "none"}
     report = {"model": "resnet20", "width": 8, "dataset": "fashion_mnist", "subset": 256, "epochs": 1, "repeats": 3,
-              "device_name": "cpu", "baseline_spread": 0.1,
+              "interleave": "step", "device_name": "cpu", "baseline_spread": 0.1,
               "rows": [row("baseline", 0.0, False), row("resolved", 0.25, False), row("noisy", 0.05, True)]}
     lines = format_table(report).splitlines()
     assert "within ±10.0%" in lines[0]
-    assert "0.83 " in lines[3] and "*" not in lines[3]  # 0.25 / 0.3, clear of the noise
-    assert "0.17*" in lines[4] and lines[-1].startswith("* time_saved within")
-    assert lines[0].startswith("resnet20 (width 8) on fashion_mnist (subset 256), 1 epoch, 3 interleaved repeats, ")
+    assert "0.83 " in lines[3] and "*" not in lines[3] and " 2.0% " in lines[3]  # 0.25 / 0.3, clear of the noise
+    assert "0.17*" in lines[4] and " 8.0% " in lines[4] and lines[-1].startswith("* time_saved within ±rounds")
+    assert lines[2].split()[:4] == ["baseline", "0.0%", "0.0%", "-"]  # no spread of the baseline against itself
+    assert lines[0].startswith("resnet20 (width 8) on fashion_mnist (subset 256), 1 epoch, 3 repeats interleaved by step, ")
     report["repeats"], report["subset"] = 1, None
     assert format_table(report).splitlines()[0].startswith(
-        "resnet20 (width 8) on fashion_mnist (all images), 1 epoch, 1 interleaved repeat, cpu; one repeat: no estimate of the timing noise")
+        "resnet20 (width 8) on fashion_mnist (all images), 1 epoch, 1 repeat interleaved by step, cpu; one repeat: no estimate of the timing noise")
     # a strategy that skipped (almost) nothing is named, with the settings that made it so
     report["rows"].append(row("late", 0.0, False) | {"flops_saved": 0.01, "efficiency": None,
                                                      "hparams": {"warmup_epochs": 5}})
@@ -97,6 +105,7 @@ def test_table_marks_time_savings_within_the_baselines_spread():
     (["--strategies", "freezeout", "--set", "t0=0.5"], "--set"),
     (["--strategies", "freezeout", "--set", "freezeout.t0=7"], "freezeout.t0"),
     (["--strategies", "freezeout", "--repeats", "0"], "repeats"),
+    (["--strategies", "freezeout", "--interleave", "batch"], "interleave"),
     (["--strategies", "freezeout", "--model", "resnet7"], "model"),
     (["--strategies", "freezeout", "--model", "vgg11_bn"], "width"),  # TINY's --width 4 means nothing to a VGG
 ])
@@ -106,3 +115,35 @@ def test_bench_bad_input_exits_2_naming_the_field(args, field, capsys, one_threa
     assert rc == 2
     assert out == ""
     assert err.startswith(f"ldtune: error: {field}:"), err
+
+
+def test_every_interleave_gives_the_same_runs(one_thread):
+    """Taking the runs in turn by step, by epoch or whole changes only when each one's steps run."""
+    from ldtune.bench import bench
+    from ldtune.train import Workload
+    torch.set_num_threads(1)
+    w = Workload(model="resnet20", width=4, dataset="fashion_mnist", subset=256, epochs=2, batch_size=64)
+    runs = [("stochastic_depth", {"p": 0.8}), ("layerdropback", {"s": 1})]  # random skips; kappa-sized batches
+    reports = {mode: bench(w, runs, repeats=1, test_subset=200, warmup=False, interleave=mode)
+               for mode in ("step", "epoch", "run")}
+    for mode, report in reports.items():
+        assert report["interleave"] == mode
+        assert [(r["strategy"], r["test_accuracy"], r["flops_saved"]) for r in report["rows"]] == \
+            [(r["strategy"], r["test_accuracy"], r["flops_saved"]) for r in reports["run"]["rows"]], mode
+
+
+def test_in_turn_rotates_the_order_and_reports_each_run_as_it_ends():
+    from ldtune.bench import in_turn
+    seen, ended = [], []
+
+    def run(key, steps):
+        for _ in range(steps - 1):
+            seen.append(key)
+            yield
+        seen.append(key)
+        return f"{key} done"
+
+    in_turn({"a": run("a", 3), "b": run("b", 1), "c": run("c", 2)}, lambda k, res: ended.append((k, res)), turn=1)
+    # turn 1 starts at the second run (b, which ends); turn 2 at the third of the live [a, c], i.e. at a
+    assert seen == ["b", "c", "a", "a", "c", "a"]
+    assert ended == [("b", "b done"), ("c", "c done"), ("a", "a done")]

@@ -4,7 +4,8 @@ Per strategy: a narrow ResNet-20 trains on a real Fashion-MNIST subset for two e
 with finite loss; the whole net evaluates afterwards; what the strategy skipped (a frozen or
 cached prefix, branches switched off, weights without gradients) shows in the cost accounting,
 and the accounting equals the FLOPs that FlopCounterMode sees the real steps run (a masked skip,
-computed then zeroed, would count more); seeded runs repeat exactly; a bad hyperparameter given
+computed then zeroed, would count more); seeded runs repeat exactly, also when taken in turn
+with another strategy's run, as ``ldtune bench`` takes them; a bad hyperparameter given
 to ``ldtune train --set`` exits 2 naming the field.
 """
 from __future__ import annotations
@@ -21,7 +22,8 @@ from ldtune.data import trim_test_set
 from ldtune.data import load
 from ldtune.models import ResidualUnit
 from ldtune.strategies import REGISTRY, Strategy, create
-from ldtune.train import Workload, autocast_for, evaluate, fit
+from ldtune.bench import in_turn
+from ldtune.train import Workload, autocast_for, evaluate, fit, training
 
 NAMES = sorted(REGISTRY)
 # LDTUNE_TEST_DEVICE=cuda runs the suite on a GPU (CI runs it on the CPU)
@@ -190,6 +192,22 @@ class TestConformance:
         keys = ("train_loss", "test_accuracy", "epoch_flops", "active_blocks", "trainable_params")
         assert [[r[k] for k in keys] for r in again.epochs] == [[r[k] for k in keys] for r in first.epochs]
         assert again.train_flops == first.train_flops
+
+    def test_a_run_taken_in_turn_with_another_gives_the_same_result(self, name, observed, data):
+        """``ldtune bench`` takes its runs in turn a step at a time (``ldtune.bench.in_turn``); a run
+        must not see the other's state or random draws. The partner is the next registered strategy,
+        on another seed."""
+        _, alone = observed
+        partner = NAMES[(NAMES.index(name) + 1) % len(NAMES)]
+        results = {}
+        in_turn({"this": training(Workload(**WORKLOAD), create(name, **short_run_hparams(name)), data=data,
+                                  pause="step"),
+                 "partner": training(Workload(**WORKLOAD | {"seed": WORKLOAD["seed"] + 1}),
+                                     create(partner, **short_run_hparams(partner)), data=data, pause="step")},
+                lambda key, res: results.__setitem__(key, res))
+        keys = ("train_loss", "test_accuracy", "epoch_flops", "active_blocks", "trainable_params")
+        assert [[r[k] for k in keys] for r in results["this"].epochs] == [[r[k] for k in keys] for r in alone.epochs]
+        assert results["this"].train_flops == alone.train_flops and results["partner"].status == "ok"
 
     def test_invalid_hyperparameters_exit_2_naming_the_field(self, name, capsys):
         cases = [("no_such_hparam", "1")]

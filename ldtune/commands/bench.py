@@ -1,9 +1,10 @@
 """``ldtune bench``: the baseline and named strategies on one workload, in one process, interleaved.
 
-Prints per strategy ``flops_saved``, ``time_saved`` (against the median baseline time),
-``efficiency = time_saved / flops_saved`` and the accuracy delta; ``--json`` ends with one JSON
-object. The defaults (ResNet-20 at width 8, 2,048 Fashion-MNIST images, 4 epochs, 2 repeats)
-fit a 2-core CPU in a few minutes.
+Each round takes the runs in turn, a step of each at a time on a CPU and an epoch at a time on
+CUDA (``--interleave``; ``ldtune.bench`` says why). Prints per strategy ``flops_saved``,
+``time_saved`` (against the median baseline time), ``efficiency = time_saved / flops_saved`` and
+the accuracy delta; ``--json`` ends with one JSON object. The defaults (ResNet-20 at width 8,
+2,048 Fashion-MNIST images, 4 epochs, 2 repeats) fit a 2-core CPU in a few minutes.
 """
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ def configure(p) -> None:
     p.add_argument("--set", action="append", default=[], metavar="STRATEGY.KEY=VALUE",
                    help="a hyperparameter of one benchmarked strategy, e.g. depth_dropout.p=0.5")
     p.add_argument("--repeats", type=int, default=2, help="interleaved rounds (each runs every strategy once)")
+    p.add_argument("--interleave", default=None, metavar="{step,epoch,run}",
+                   help="how the runs of a round take turns: a step of each (default on a CPU), an epoch of each "
+                        "(default on CUDA, where pausing between steps would add a device sync), or whole runs")
     p.add_argument("--test-subset", type=int, default=2000,
                    help="test images used for accuracy (class-balanced; 0: the whole test set)")
     p.add_argument("--threads", type=int, default=0,
@@ -79,7 +83,8 @@ def main(a) -> int:
               f"flops saved {info['flops_saved']:.1%}  acc {info['test_accuracy']:.4f}  {info['status']}",
               file=sys.stderr)
 
-    report = bench(w, runs, repeats=a.repeats, test_subset=a.test_subset or None, progress=progress)
+    report = bench(w, runs, repeats=a.repeats, test_subset=a.test_subset or None, progress=progress,
+                   interleave=a.interleave)
     print(format_table(report), file=sys.stderr if a.json else sys.stdout)
     if a.json:
         print(json.dumps(report))
