@@ -4,7 +4,8 @@ Two identical baseline runs (same workload, same seed) are timed as ``ldtune ben
 strategy against its baseline, one pair per round and per mode, the modes interleaved:
 ``run`` (one whole run, then the other), ``epoch`` (an epoch of each in turn) and ``step`` (a step
 of each in turn, clocks stopped while the other steps). Their time ratio should be 1; its spread
-over the rounds is the noise a bench's ``time_saved`` carries in that mode (BENCHMARKS.md).
+over the rounds is the noise a bench's ``time_saved`` carries in that mode (BENCHMARKS.md). The
+median time of a run per mode shows whether taking turns costs a run time of its own.
 
     LDTUNE_THREADS=1 .venv/bin/python scripts/interleave_ab.py --rounds 6
 """
@@ -16,11 +17,12 @@ import statistics
 
 from ldtune import strategies
 from ldtune.bench import in_turn
+from ldtune.data import trim_test_set
 from ldtune.train import Workload, fit, load_data, set_threads, training
 
 
-def pair(w: Workload, data, mode: str) -> float:
-    """The time ratio of two identical baseline runs taken in turn by ``mode``."""
+def pair(w: Workload, data, mode: str) -> tuple[float, list[float]]:
+    """Two identical baseline runs taken in turn by ``mode``: their time ratio, and their times (s)."""
     if mode == "run":
         a, b = (fit(w, strategies.create("baseline"), data=data) for _ in range(2))
     else:
@@ -28,7 +30,7 @@ def pair(w: Workload, data, mode: str) -> float:
         in_turn({k: training(w, strategies.create("baseline"), data=data, pause=mode) for k in "ab"},
                 out.__setitem__)
         a, b = out["a"], out["b"]
-    return a.train_time_s / b.train_time_s
+    return a.train_time_s / b.train_time_s, [a.train_time_s, b.train_time_s]
 
 
 def main() -> None:
@@ -42,17 +44,22 @@ def main() -> None:
     set_threads()
     w = Workload(model=a.model, width=a.width, dataset="fashion_mnist", subset=a.subset, epochs=a.epochs,
                  device="cpu")
-    data = load_data(w)
+    data = trim_test_set(load_data(w), 500, w.seed)  # evaluation is not timed; keep it short
     fit(dataclasses.replace(w, epochs=1), strategies.create("baseline"), data=data)  # warm-up, untimed
     ratios: dict[str, list[float]] = {m: [] for m in ("run", "epoch", "step")}
+    seconds: dict[str, list[float]] = {m: [] for m in ratios}
     for r in range(a.rounds):
         for m in ratios:
-            ratios[m].append(pair(w, data, m))
+            ratio, t = pair(w, data, m)
+            ratios[m].append(ratio)
+            seconds[m] += t
         print(f"round {r + 1}: " + "  ".join(f"{m} {v[-1]:.3f}" for m, v in ratios.items()), flush=True)
-    print(f"{a.model} width {a.width}, {a.subset} images, {a.epochs} epochs: time ratio of two identical runs")
-    print(f"{'mode':<7}{'median':>8}{'sd':>8}{'range':>8}")
+    print(f"{a.model} width {a.width}, {a.subset} images, {a.epochs} epochs: time ratio of two identical runs, "
+          "and the median train time of a run (s)")
+    print(f"{'mode':<7}{'median':>8}{'sd':>8}{'range':>8}{'time_s':>9}")
     for m, v in ratios.items():
-        print(f"{m:<7}{statistics.median(v):>8.3f}{statistics.stdev(v):>8.3f}{max(v) - min(v):>8.3f}")
+        print(f"{m:<7}{statistics.median(v):>8.3f}{statistics.stdev(v):>8.3f}{max(v) - min(v):>8.3f}"
+              f"{statistics.median(seconds[m]):>9.2f}")
 
 
 if __name__ == "__main__":
