@@ -21,10 +21,13 @@ larger DROP-epoch batches, to its first timed run), then ``repeats`` rounds, on 
 The runs of a round are in memory together; each draws only from its own seeded generators, so a
 run gives the same result in any of the three modes.
 
-Per strategy it reports the median train time, ``time_saved = 1 - T / T_base`` against the median
-baseline time, the counted ``flops_saved`` (cost table, against a baseline run of the same
-workload), their ratio ``efficiency = time_saved / flops_saved`` (did the FLOP saving become
-time?) and the accuracy delta against the median baseline accuracy. ``round_time_saved`` pairs
+Per strategy it reports the mean train time over the rounds, ``time_saved = 1 - T / T_base``
+against the baseline's mean, the counted ``flops_saved`` (cost table, against a baseline run of
+the same workload, over the same rounds), their ratio ``efficiency = time_saved / flops_saved``
+(did the FLOP saving become time?) and the accuracy delta against the median baseline accuracy.
+Both savings are pooled over the same rounds: where a seed changes what a strategy skips
+(Learn&Drop's scores choose its prefix), medians of the two could come from different rounds,
+and their ratio would be no round's efficiency. ``round_time_saved`` pairs
 each round's run with that round's baseline run; ``time_saved_spread``, half the range of those,
 is how far this machine's noise moved the saving, and a ``time_saved`` within it is not resolved
 (``within_noise``). ``baseline_spread``, half the range of the baseline's times over their median,
@@ -84,21 +87,22 @@ def bench(w: Workload, runs: list[tuple[str, dict]], repeats: int = 2, data=None
                      for i, (name, hp) in enumerate(runs)}, done, turn=r)
     base = results[0]
     times = [x.train_time_s for x in base]
-    t_base = statistics.median(times)
+    t_base = statistics.mean(times)
     spread = timing_spread(times)
     acc_base = statistics.median(x.test_accuracy for x in base)
     rows = []
     for i, (name, hp) in enumerate(runs):
         rs = results[i]
-        t = statistics.median(x.train_time_s for x in rs)
-        flops_saved = statistics.median(x.flops_saved for x in rs)
+        t = statistics.mean(x.train_time_s for x in rs)
+        baseline_flops = sum(x.baseline_flops for x in rs)
+        flops_saved = 1.0 - sum(x.train_flops for x in rs) / baseline_flops if baseline_flops else 0.0
         time_saved = 1.0 - t / t_base if t_base > 0 else 0.0
         acc = statistics.median(x.test_accuracy for x in rs)
         paired = [1.0 - x.train_time_s / b.train_time_s if b.train_time_s > 0 else 0.0 for x, b in zip(rs, base)]
         noise = (max(paired) - min(paired)) / 2 if repeats > 1 else None
         rows.append({
             "strategy": name, "hparams": strategies.create(name, **hp).hp, "runs": len(rs),
-            "train_time_s": t,  # median over repeats, seconds
+            "train_time_s": t,  # mean over the rounds, seconds
             "train_times_s": [x.train_time_s for x in rs],
             "flops_saved": flops_saved, "time_saved": time_saved,
             "round_time_saved": paired,  # per round, against that round's baseline run

@@ -1,10 +1,11 @@
 """``ldtune bench``: the baseline and named strategies on one workload, in one process, interleaved.
 
 Each round takes the runs in turn, a step of each at a time on a CPU and an epoch at a time on
-CUDA (``--interleave``; ``ldtune.bench`` says why). Prints per strategy ``flops_saved``,
-``time_saved`` (against the median baseline time), ``efficiency = time_saved / flops_saved`` and
-the accuracy delta; ``--json`` ends with one JSON object. The defaults (ResNet-20 at width 8,
-2,048 Fashion-MNIST images, 4 epochs, 2 repeats) fit a 2-core CPU in a few minutes.
+CUDA (``--interleave``; ``ldtune.bench`` says why). Prints per strategy ``flops_saved`` and
+``time_saved`` (against the baseline, pooled over the rounds), ``efficiency = time_saved /
+flops_saved`` and the accuracy delta; ``--json`` ends with one JSON object. The defaults
+(ResNet-20 at width 8, 2,048 Fashion-MNIST images, 4 epochs, 2 repeats) fit a 2-core CPU in a
+few minutes.
 """
 from __future__ import annotations
 
