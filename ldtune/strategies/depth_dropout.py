@@ -40,9 +40,9 @@ a 3x3 conv's FLOP rate at 8 channels (a hand-written 1x1 kernel saved only about
 BENCHMARKS.md); its BatchNorm adds passes that no FLOP count includes. With
 every branch on, a step costs 1.09-1.21x the baseline's time for 1.05x its FLOPs (six in-process
 measurements, ``scripts/step_anatomy.py`` and ``scripts/bn_ab.py``), and ``time_saved`` trails
-``flops_saved`` by that overhead. ResNet-56 at width 8, p = 0.5: 29.0-31.7% less time for 42% fewer
-FLOPs over three ``ldtune bench`` runs with ldtune's fused CPU BatchNorm (20-28% over six runs
-before it, BENCHMARKS.md). Dropping the same branches with identity shortcuts (``stochastic_depth``
+``flops_saved`` by that overhead. ResNet-56 at width 8, p = 0.5: 31.7-32.8% less time for 42% fewer
+FLOPs over three ``ldtune bench`` runs (20-28% over six runs before ldtune's fused CPU BatchNorm,
+BENCHMARKS.md); ResNet-20 at width 8: efficiency 0.68-0.70, at width 16 0.84. Dropping the same branches with identity shortcuts (``stochastic_depth``
 with ``rule: uniform``) turns nearly all of the FLOP saving into time. On an H100 at batch 256,
 where a step's time follows its kernel launches, the shortcuts' extra conv and BN kernels cost more
 than the skipped branches save: ResNet-18 at 32x32, p = 0.5, 31% fewer FLOPs and 14% *more* time.
