@@ -5,6 +5,8 @@ strategy, per epoch and per step, which blocks are frozen or cached, which branc
 run, each block's LR and the batch size; it never names a strategy. Per epoch it measures train
 time with the device synchronized, evaluates the whole net (timed apart) and calls ``callback``
 with the epoch record. A non-finite loss ends the run with status ``diverged``.
+``training(...)`` is the same run as a generator that pauses, its clock stopped, after each step
+or epoch: ``ldtune bench`` takes several runs in turn through it.
 """
 from __future__ import annotations
 
