@@ -11,8 +11,8 @@ larger DROP-epoch batches, to its first timed run), then ``repeats`` rounds, on 
 - ``"step"`` (the default on a CPU): one training step of each run, then the next step of each,
   the order rotated by one every turn, each run's clock stopped while the others step. A shared
   machine's noise, which comes and goes within a second, then falls on every run alike: the time
-  ratio of two identical baseline runs varied by sd 0.014 this way against 0.082 for whole runs
-  in turn, in the same noisy minutes (BENCHMARKS.md).
+  ratio of two identical baseline runs varied by sd 0.010-0.014 this way against 0.073-0.106 for
+  whole runs in turn, in the same noisy minutes (``scripts/interleave_ab.py``, BENCHMARKS.md).
 - ``"epoch"`` (the default on CUDA): an epoch of each run in turn. Stopping the clock between
   steps would mean a device synchronization after every step, which changes what a GPU step
   costs; between epochs the loop synchronizes anyway.
@@ -44,11 +44,11 @@ import torch
 from . import models, strategies
 from .data import trim_test_set
 from .errors import UserError
-from .train import Workload, fit, load_data, training
+from .train import PAUSES, Workload, fit, load_data, training
 from .text import plural, subset_text
 
 MIN_SAVING = 0.05  # fraction of FLOPs: below this, efficiency is noise over noise and is not reported
-INTERLEAVES = ("step", "epoch", "run")  # how the runs of a round take turns (module docstring)
+INTERLEAVES = PAUSES + ("run",)  # how the runs of a round take turns (module docstring)
 
 
 def bench(w: Workload, runs: list[tuple[str, dict]], repeats: int = 2, data=None, test_subset: int | None = None,
@@ -80,7 +80,7 @@ def bench(w: Workload, runs: list[tuple[str, dict]], repeats: int = 2, data=None
                                       "test_accuracy": res.test_accuracy, "status": res.status})
 
         if interleave == "run":
-            for i in _rotated(list(range(len(runs))), r):  # rotated: no strategy always runs first
+            for i in rotated(list(range(len(runs))), r):  # rotated: no strategy always runs first
                 done(i, fit(wr, strategies.create(runs[i][0], **runs[i][1]), data=data))
         else:
             in_turn({i: training(wr, strategies.create(name, **hp), data=data, pause=interleave)
@@ -128,7 +128,7 @@ def in_turn(paused: dict, done: Callable[..., None], turn: int = 0) -> None:
     each finishes."""
     live = list(paused)
     while live:
-        for k in _rotated(live, turn):
+        for k in rotated(live, turn):
             try:
                 next(paused[k])
             except StopIteration as end:
@@ -137,7 +137,8 @@ def in_turn(paused: dict, done: Callable[..., None], turn: int = 0) -> None:
         turn += 1
 
 
-def _rotated(keys: list, by: int) -> list:
+def rotated(keys: list, by: int) -> list:
+    """``keys`` rotated left by ``by`` (modulo their number): who goes first in turn ``by``."""
     by %= len(keys)
     return keys[by:] + keys[:by]
 

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ldtune import batchnorm, models
+from ldtune.bench import rotated
 from ldtune.cost import CostTable
 from ldtune.models import ResidualUnit
 from ldtune.strategies.depth_dropout import branch_channels, trainable_shortcut
@@ -109,9 +110,9 @@ def sgd_steps(net, opt, x, y, steps: int, hook=None, autocast=contextlib.nullcon
 def interleaved(runs: dict, rounds: int) -> dict:
     """Median over ``rounds`` of each ``runs[k]()`` (a time), the order rotated by one every round,
     so that slow drifts of a shared machine hit every run alike and no run always goes first."""
-    keys, times = list(runs), {k: [] for k in runs}
+    times = {k: [] for k in runs}
     for r in range(rounds):
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
+        for k in rotated(list(runs), r):
             times[k].append(runs[k]())
     return {k: statistics.median(v) for k, v in times.items()}
 
