@@ -20,12 +20,12 @@ probability ``p`` (the paper's uniform rule, which it compares with linear decay
 
 Time vs FLOPs: on a narrow net on a CPU the early, high-resolution units cost more time per FLOP
 than the late ones: their BatchNorm, ReLU and add passes run over 4x larger maps, and no FLOP count
-includes those (ResNet-20 at width 8, one core: skipping stage 1's branches saves 1.07-1.13 times
-their FLOP share in time, stage 3's 0.79-0.86; ``scripts/step_anatomy.py``, ``scripts/bn_ab.py``).
-Linear decay drops the late units most, so ``time_saved`` trails ``flops_saved``: efficiency
-0.80-0.86 in ``ldtune bench`` with ldtune's fused CPU BatchNorm, 0.65-0.78 over eight runs before
-it, and 0.93 at width 16 (BENCHMARKS.md). ``rule: uniform`` spreads the drops evenly (0.76 in one run with the fused
-BatchNorm, 0.85 in one before it). On an H100, ResNet-18 at 32x32 with p = 0.5 gave 0.47-0.82 over
+includes those. ResNet-20 at width 8, one core: skipping stage 1's branches saves 1.06-1.10 times
+their FLOP share in time, stage 2's 0.87-0.92 and stage 3's 0.76-0.80 (``scripts/skip_cost.py``, two
+runs). Linear decay drops the late units most, so ``time_saved`` trails ``flops_saved``: efficiency
+0.80-0.86 in ``ldtune bench`` with ldtune's fused CPU BatchNorm (0.85-0.89 over 2 epochs in
+``scripts/skip_cost.py``), 0.65-0.78 over eight runs before it, and 0.93 at width 16
+(BENCHMARKS.md). ``rule: uniform`` spreads the drops evenly: 0.93 in both ``skip_cost.py`` runs. On an H100, ResNet-18 at 32x32 with p = 0.5 gave 0.47-0.82 over
 four runs (BENCHMARKS.md, GPU).
 
 Paper: G. Huang, Y. Sun, Z. Liu, D. Sedra, K. Weinberger, "Deep Networks with Stochastic Depth",
