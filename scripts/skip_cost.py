@@ -27,10 +27,11 @@ import statistics
 import torch.nn as nn
 
 from ldtune import models, strategies
-from ldtune.bench import in_turn
+from ldtune.bench import MIN_SAVING, in_turn
 from ldtune.strategies.branch_drop import BranchDrop
 from ldtune.strategies.depth_dropout import DepthDropout
 from ldtune.train import Workload, fit, load_data, set_threads, training
+from step_anatomy import stages  # this directory is on sys.path when a script runs
 
 
 class StageOff(BranchDrop):
@@ -43,12 +44,7 @@ class StageOff(BranchDrop):
         self.stage = stage  # 1-based; a stage starts at each down-sampling unit
 
     def prepare_model(self, model) -> None:
-        stages: list[list] = []
-        for u in self.residual_units(model):
-            if u.downsample or not stages:
-                stages.append([])
-            stages[-1].append(u)
-        self.units = stages[self.stage - 1]
+        self.units = stages(self.residual_units(model))[self.stage - 1]
         self.drop = [1.0] * len(self.units)  # torch.rand < 1: never kept
 
 
@@ -82,7 +78,7 @@ def main() -> None:
     set_threads()
     w = Workload(model=a.model, width=a.width, dataset="fashion_mnist", subset=a.subset, epochs=a.epochs)
     data = load_data(w)
-    n_stages = sum(u.downsample for u in models.residual_units(models.build(a.model, 1, 10, width=a.width))) + 1
+    n_stages = len(stages(models.residual_units(models.build(a.model, 1, 10, width=a.width))))
     runs = {"baseline": lambda: strategies.create("baseline")}
     for k in range(1, n_stages + 1):
         runs[f"stage {k} off"] = lambda k=k: StageOff(k)
@@ -104,7 +100,7 @@ def main() -> None:
 
     def saving(k: str, ref: str) -> str:
         ts, fs = 1 - t[k] / t[ref], 1 - f[k] / f[ref]
-        eff = f"{ts / fs:.2f}" if fs >= 0.05 else "-"
+        eff = f"{ts / fs:.2f}" if fs >= MIN_SAVING else "-"
         return f"{ts:>11.1%}{fs:>12.1%}{eff:>12}"
 
     print(f"{a.model} width {a.width}, {a.subset} images, {a.epochs} epochs, p {a.p}, "
