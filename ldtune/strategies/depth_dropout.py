@@ -45,11 +45,11 @@ strategy's training time. Made free (a bound, not a method), they would leave an
 A hand-written 1x1 kernel saved about 1% of a step, and one op for the whole 1x1 conv + BN nothing
 (BENCHMARKS.md). ResNet-56 at width 8, p = 0.5: 31.7-32.8% less time for 42% fewer
 FLOPs over three ``ldtune bench`` runs (20-28% over six runs before ldtune's fused CPU BatchNorm,
-BENCHMARKS.md); ResNet-20 at width 8: efficiency 0.68-0.70, at width 16 0.84. Dropping the same
-branches with identity shortcuts (``stochastic_depth`` with ``rule: uniform``) turns nearly all of
-the FLOP saving into time. On an H100 at batch 256,
-where a step's time follows its kernel launches, the shortcuts' extra conv and BN kernels cost more
-than the skipped branches save: ResNet-18 at 32x32, p = 0.5, 31% fewer FLOPs and 14% *more* time.
+BENCHMARKS.md); ResNet-20 at width 8: efficiency 0.68-0.71 over four runs, at width 16 0.84.
+Dropping the same branches with identity shortcuts (``stochastic_depth`` with ``rule: uniform``)
+turns nearly all of the FLOP saving into time. On an H100 at batch 256, where a step's time follows
+its kernel launches, the shortcuts' extra conv and BN kernels cost more than the skipped branches
+save: ResNet-18 at 32x32, p = 0.5, 31% fewer FLOPs and 14% *more* time.
 
 Paper: J. Guo and S. Gould, "Depth Dropout: Efficient Training of Residual Convolutional Neural
 Networks", DICTA 2016 (../shared/papers/depth-dropout.txt), Eq. 3-4 and Sec. III-C.
