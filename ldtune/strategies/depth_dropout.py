@@ -41,11 +41,12 @@ every branch on, a step costs 1.09-1.21x the baseline's time for 1.05x its FLOPs
 measurements, ``scripts/step_anatomy.py`` and ``scripts/bn_ab.py``), and ``time_saved`` trails
 ``flops_saved`` by that overhead: on a width-8 ResNet-20 the shortcuts take 13-15% of this
 strategy's training time. Made free (a bound, not a method), they would leave an efficiency of
-1.01; against its own net with nothing dropped it is 0.84 (``scripts/skip_cost.py``, two runs).
-A hand-written 1x1 kernel saved about 1% of a step, and one op for the whole 1x1 conv + BN nothing
-(BENCHMARKS.md). ResNet-56 at width 8, p = 0.5: 31.7-32.8% less time for 42% fewer
-FLOPs over three ``ldtune bench`` runs (20-28% over six runs before ldtune's fused CPU BatchNorm,
-BENCHMARKS.md); ResNet-20 at width 8: efficiency 0.68-0.71 over four runs, at width 16 0.84.
+1.01; against its own net with nothing dropped it is 0.84, and 0.92-0.93 at width 16
+(``scripts/skip_cost.py``, two runs at each width). A hand-written 1x1 kernel saved about 1% of a
+step, and one op for the whole 1x1 conv + BN nothing (BENCHMARKS.md). ResNet-56 at width 8, p =
+0.5: 31.7-32.8% less time for 42% fewer FLOPs over three ``ldtune bench`` runs (20-28% over six
+runs before ldtune's fused CPU BatchNorm, BENCHMARKS.md); ResNet-20 at width 8: efficiency
+0.68-0.71 over four runs, at width 16 0.84.
 Dropping the same branches with identity shortcuts (``stochastic_depth`` with ``rule: uniform``)
 turns nearly all of the FLOP saving into time. On an H100 at batch 256, where a step's time follows
 its kernel launches, the shortcuts' extra conv and BN kernels cost more than the skipped branches

@@ -24,9 +24,11 @@ includes those. ResNet-20 at width 8, one core: skipping stage 1's branches save
 their FLOP share in time, stage 2's 0.87-0.92 and stage 3's 0.76-0.80 (``scripts/skip_cost.py``, two
 runs). Linear decay drops the late units most, so ``time_saved`` trails ``flops_saved``: efficiency
 0.80-0.86 in ``ldtune bench`` with ldtune's fused CPU BatchNorm (0.85-0.89 over 2 epochs in
-``scripts/skip_cost.py``), 0.65-0.78 over eight runs before it, and 0.93 at width 16
-(BENCHMARKS.md). ``rule: uniform`` spreads the drops evenly: 0.93 in both ``skip_cost.py`` runs.
-On an H100, ResNet-18 at 32x32 with p = 0.5 gave 0.47-0.82 over four runs (BENCHMARKS.md, GPU).
+``scripts/skip_cost.py``), 0.65-0.78 over eight runs before it. At width 16 stage 3's skips save
+0.90 of their FLOP share, and linear decay gets 0.92-0.93 in ``ldtune bench`` (0.88-0.94 in
+``skip_cost.py``; BENCHMARKS.md). ``rule: uniform`` spreads the drops evenly: 0.93 in both
+``skip_cost.py`` runs at width 8, 0.95-1.00 at width 16. On an H100, ResNet-18 at 32x32 with p =
+0.5 gave 0.47-0.82 over four runs (BENCHMARKS.md, GPU).
 
 Paper: G. Huang, Y. Sun, Z. Liu, D. Sedra, K. Weinberger, "Deep Networks with Stochastic Depth",
 ECCV 2016 (cited by LayerDropBack and Depth Dropout; not in ../shared/papers).
