@@ -20,6 +20,9 @@ and Python version, into ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extension
 (about 25 s, with ``torch.utils.cpp_extension``; ``scripts/setup.sh`` does it at install).
 Without a C++ compiler ldtune warns once and trains with PyTorch's BatchNorm.
 ``LDTUNE_FUSED_BN=0`` turns it off (for A/B timing).
+
+``recalibrate`` recomputes the running statistics for the net as it is evaluated (precise
+BatchNorm), for strategies whose training net differs from it (Depth Dropout's ``recalibrate_bn``).
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
+from typing import Iterable
 
 import torch
 import torch.nn as nn
@@ -95,6 +99,38 @@ class BatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)  # eval mode inside a graph: PyTorch's BatchNorm has the gradient
         return torch.ops.ldtune.batch_norm_eval(x, self.weight, self.bias, self.running_mean, self.running_var,
                                                 self.eps)
+
+
+def recalibrate(net: nn.Module, batches: Iterable[torch.Tensor], start: int = 0) -> int:
+    """Precise BatchNorm: set the running statistics of every BatchNorm in ``net.blocks[start:]``
+    to the plain average of its batch statistics over ``batches``, while every other module
+    computes its evaluation function (every residual branch on, scaled as evaluation scales it).
+    Running statistics gathered during training describe the net as it trained, which a strategy
+    may differ from at evaluation (Depth Dropout: about half the branches off); after this they
+    describe the net that is evaluated. The blocks before ``start`` (a frozen prefix) keep theirs.
+    Runs ``net.blocks`` forward without gradients and restores every module's train/eval mode;
+    returns the number of images used."""
+    modes = [(m, m.training) for m in net.modules()]
+    bns = [m for b in net.blocks[start:] for m in b.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in bns]
+    net.eval()
+    images = 0
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # None: a cumulative average over the batches, not a moving one
+            m.train()
+        with torch.no_grad():
+            for x in batches:
+                for b in net.blocks:
+                    x = b(x)
+                images += x.shape[0]
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        for m, mode in modes:
+            m.training = mode
+    return images
 
 
 def use_fused(model: nn.Module) -> int:

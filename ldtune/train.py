@@ -4,7 +4,9 @@
 strategy, per epoch and per step, which blocks are frozen or cached, which branches and weights
 run, each block's LR and the batch size; it never names a strategy. Per epoch it measures train
 time with the device synchronized, evaluates the whole net (timed apart) and calls ``callback``
-with the epoch record. A non-finite loss ends the run with status ``diverged``.
+with the epoch record; where the strategy's plan asks, it first recomputes BatchNorm's running
+statistics for the net as evaluated (timed and counted as training). A non-finite loss ends the
+run with status ``diverged``.
 ``training(...)`` is the same run as a generator that pauses, its clock stopped, after each step
 or epoch: ``ldtune bench`` takes several runs in turn through it.
 """
@@ -218,6 +220,7 @@ def training(w: Workload, strategy: Strategy, callback: Callable[[dict], None] |
     if steps < 1:
         raise UserError("batch_size", f"{w.batch_size} is larger than the training set ({data.num_train})")
     gen = torch.Generator(device="cpu").manual_seed(w.seed)
+    bn_gen = torch.Generator(device="cpu").manual_seed(w.seed + 2)  # BatchNorm recalibration's own draws
     ctx = Context(model=model, epochs=w.epochs, steps_per_epoch=steps, batch_size=w.batch_size, lr=w.lr,
                   device=dev, seed=w.seed, rng=torch.Generator().manual_seed(w.seed + 1), cost=cost,
                   workdir=workdir, extra={"data": data})
@@ -263,7 +266,7 @@ def training(w: Workload, strategy: Strategy, callback: Callable[[dict], None] |
                 factors = strategy.lr_factors(t, sched)
                 for g in opt.param_groups:
                     g["lr"] = w.lr * plan.lr_scale * (sched if factors is None else factors[g["block"]])
-                x = b.x.to(memory_format=torch.channels_last) if b.x.ndim == 4 else b.x
+                x = channels_last(b.x)
                 with autocast():
                     if cached < frozen:
                         with torch.no_grad():
@@ -282,6 +285,11 @@ def training(w: Workload, strategy: Strategy, callback: Callable[[dict], None] |
                     paused = time.perf_counter()
                     yield
                     t0 += time.perf_counter() - paused
+            if plan.recalibrate_bn:  # part of producing this epoch's net: timed and counted as training
+                recal = data.train_batches(w.batch_size, bn_gen, images=min(plan.recalibrate_bn, data.num_train))
+                with autocast():
+                    n = batchnorm.recalibrate(model, (channels_last(b.x) for b in recal), frozen)
+                epoch_flops += cost.forward() * n
             sync()
             epoch_time = time.perf_counter() - t0
             train_time += epoch_time
@@ -349,6 +357,11 @@ def _freeze(model: models.BlockNet, opt: torch.optim.Optimizer, lo: int, hi: int
     opt.param_groups[:] = [g for g in opt.param_groups if not lo <= g["block"] < hi]
 
 
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """Images in the net's memory format (NHWC); anything else as it is."""
+    return x.to(memory_format=torch.channels_last) if x.ndim == 4 else x
+
+
 @torch.no_grad()
 def evaluate(model: models.BlockNet, data, autocast=contextlib.nullcontext, frozen: int = 0,
              batch_size: int = 256) -> float:
@@ -356,10 +369,8 @@ def evaluate(model: models.BlockNet, data, autocast=contextlib.nullcontext, froz
     model.eval()
     correct = total = 0
     for x, y in data.test_batches(batch_size):
-        if x.ndim == 4:
-            x = x.to(memory_format=torch.channels_last)
         with autocast():
-            out = model(x)
+            out = model(channels_last(x))
         correct += (out.argmax(1) == y).sum()
         total += y.numel()
     model.train()

@@ -1,18 +1,21 @@
 """Method checks against the papers: FreezeOut's Eq. 1 (all four variants) and its freezing by
 iteration, Depth Dropout's FLOP saving on CIFAR ResNet-56 beside Sec. IV-A's 12.3/34.6/56.7%,
-LayerDropBack's DROP-epoch pattern (Eq. 1) and layer selection, stochastic depth's linear rule."""
+LayerDropBack's DROP-epoch pattern (Eq. 1) and layer selection, stochastic depth's linear rule;
+Depth Dropout's BatchNorm recalibration (not in the paper) for its unscaled evaluation."""
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from ldtune import models
+from ldtune import batchnorm, models
 from ldtune.data import trim_test_set
 from ldtune.cost import CostTable
 from ldtune.data import load
+from ldtune.errors import UserError
 from ldtune.strategies import Context, create
 from ldtune.strategies.freezeout import FreezeOut, freeze_times
 from ldtune.strategies.layerdropback import is_drop_epoch, layers_of
@@ -216,6 +219,82 @@ def test_depth_dropout_draws_once_per_unit_per_step_and_evaluates_unscaled():
     x = torch.randn(2, 4, 28, 28)  # the first unit's input: width-4 maps
     u = s.units[0]
     assert torch.equal(u(x), u.post(u.shortcut(x) + u.branch(x)))
+
+
+def test_bn_recalibration_averages_the_batch_statistics_of_the_net_as_evaluated():
+    """``recalibrate_bn``'s core: every BatchNorm after the frozen prefix gets the plain average of
+    its batch statistics over the batches, with every unit on as evaluation runs it (whatever the
+    last draw switched off), the fused kernel as PyTorch's; the prefix and all modes are untouched."""
+    torch.manual_seed(0)
+    net = models.build("resnet20", 1, 10, width=4)
+    s = create("depth_dropout", p=0.5)
+    s.prepare_model(net)
+    net = net.to(memory_format=torch.channels_last)
+    ref = copy.deepcopy(net)  # PyTorch's BatchNorm, every branch on, in training mode after the prefix
+    assert batchnorm.use_fused(net) > 0
+    s.setup(_ctx(net, seed=3))
+    s.step_start(0, 0, 0.0)
+    assert not all(u.run_branch for u in s.units)  # the last draw left branches off
+    flags = [u.run_branch for u in s.units]
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:  # statistics a run gathered: nothing like the batches' below
+        m.running_mean.fill_(5.0)
+        m.running_var.fill_(9.0)
+    for m in ref.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.fill_(5.0)
+            m.running_var.fill_(9.0)
+    net.train()
+    net.blocks[:2].eval()  # a frozen prefix of two blocks
+    modes = [m.training for m in net.modules()]
+    batches = [torch.randn(n, 1, 28, 28).to(memory_format=torch.channels_last) for n in (16, 16, 8)]
+
+    assert batchnorm.recalibrate(net, iter(batches), start=2) == 40
+    assert [m.training for m in net.modules()] == modes and [u.run_branch for u in s.units] == flags
+    assert all(m.momentum == 0.1 for m in bns)
+    for m in ref.blocks[2:].modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None  # PyTorch's cumulative average
+    ref.train()
+    ref.blocks[:2].eval()
+    with torch.no_grad():
+        for x in batches:
+            ref(x)
+    pairs = [(a, b) for a, b in zip(net.modules(), ref.modules()) if isinstance(a, torch.nn.BatchNorm2d)]
+    prefix = {id(m) for m in net.blocks[:2].modules()}
+    for a, b in pairs:
+        if id(a) in prefix:  # the frozen prefix keeps its statistics, bit for bit
+            assert (a.running_mean == 5.0).all() and (a.running_var == 9.0).all()
+        else:
+            assert torch.allclose(a.running_mean, b.running_mean, atol=1e-5)
+            assert torch.allclose(a.running_var, b.running_var, rtol=1e-4, atol=1e-5)
+            assert not torch.allclose(a.running_var, torch.full_like(a.running_var, 9.0))
+
+
+def test_depth_dropout_recalibration_is_training_cost_and_changes_only_the_evaluation(data):
+    w = Workload(**SMALL, epochs=2)
+    plain = fit(w, create("depth_dropout", p=0.5), data=data)
+    recal = fit(w, create("depth_dropout", p=0.5, recalibrate_bn=100), data=data)
+    assert plain.status == recal.status == "ok"
+    # the same training: recalibration draws its images from its own generator, and BatchNorm
+    # trains on batch statistics, never on the running ones it rewrites
+    assert [e["train_loss"] for e in recal.epochs] == [e["train_loss"] for e in plain.epochs]
+    assert [e["test_accuracy"] for e in recal.epochs] != [e["test_accuracy"] for e in plain.epochs]
+    # charged to training: a forward pass of the whole net (every unit on) per image, every epoch
+    net = models.build("resnet20", 1, 10, width=SMALL["width"])
+    create("depth_dropout", p=0.5).prepare_model(net)
+    per_image = CostTable(net, (1, 28, 28)).forward()
+    assert recal.train_flops - plain.train_flops == 2 * 100 * per_image
+    assert recal.flops_saved < plain.flops_saved
+    for e_recal, e_plain in zip(recal.epochs, plain.epochs):
+        assert e_recal["epoch_flops"] - e_plain["epoch_flops"] == 100 * per_image
+
+
+def test_depth_dropout_recalibration_of_one_image_is_refused():
+    with pytest.raises(UserError, match="depth_dropout.recalibrate_bn"):
+        create("depth_dropout", recalibrate_bn=1)
+    assert create("depth_dropout", recalibrate_bn=0).epoch_start(0).recalibrate_bn == 0  # off: the paper
 
 
 # ---------------------------------------------------------------- stochastic depth

@@ -8,7 +8,8 @@ The loop calls, in order:
 * ``setup(ctx)`` once, with a :class:`Context`;
 * ``epoch_start(epoch) -> EpochPlan`` before every epoch: how many leading blocks are frozen
   (forward under ``no_grad``, BatchNorm in eval, out of the optimizer; this prefix only grows),
-  how many of those come from the feature cache (no forward at all), batch size and LR scale;
+  how many of those come from the feature cache (no forward at all), batch size, LR scale and
+  how many training images BatchNorm's statistics are recomputed on before the evaluation;
 * ``step_start(epoch, step, t)`` before every step: may switch residual branches off
   (``ResidualUnit.run_branch``) or weights' ``requires_grad`` for this step; a weight without a
   gradient gets no optimizer update (no momentum, no weight decay);
@@ -104,6 +105,9 @@ class EpochPlan:
     cached: int = 0  # leading blocks whose output comes from the feature cache (<= frozen)
     batch_size: int | None = None  # None: the workload's batch size
     lr_scale: float = 1.0  # multiplies every block's LR this epoch
+    # training images to recompute BatchNorm's running statistics on, for the net as evaluated, after
+    # this epoch's steps and before its evaluation, in its training time (0: none)
+    recalibrate_bn: int = 0
 
 
 @dataclass
