@@ -90,7 +90,9 @@ class HParam:
             if not math.isfinite(v):
                 raise UserError(field_name, f"must be a finite number, got {value!r}")
             if self.low is not None and v < self.low or self.high is not None and v > self.high:
-                raise UserError(field_name, f"must be in [{self.low}, {self.high}], got {v}")
+                bounds = (f">= {self.low}" if self.high is None else f"<= {self.high}" if self.low is None
+                          else f"in [{self.low}, {self.high}]")
+                raise UserError(field_name, f"must be {bounds}, got {v}")
             value = self.kind(v)
         else:
             value = str(value)
