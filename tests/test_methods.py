@@ -230,20 +230,16 @@ def test_bn_recalibration_averages_the_batch_statistics_of_the_net_as_evaluated(
     s = create("depth_dropout", p=0.5)
     s.prepare_model(net)
     net = net.to(memory_format=torch.channels_last)
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:  # statistics a run gathered: nothing like the batches' below
+        m.running_mean.fill_(5.0)
+        m.running_var.fill_(9.0)
     ref = copy.deepcopy(net)  # PyTorch's BatchNorm, every branch on, in training mode after the prefix
     assert batchnorm.use_fused(net) > 0
     s.setup(_ctx(net, seed=3))
     s.step_start(0, 0, 0.0)
     assert not all(u.run_branch for u in s.units)  # the last draw left branches off
     flags = [u.run_branch for u in s.units]
-    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for m in bns:  # statistics a run gathered: nothing like the batches' below
-        m.running_mean.fill_(5.0)
-        m.running_var.fill_(9.0)
-    for m in ref.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.fill_(5.0)
-            m.running_var.fill_(9.0)
     net.train()
     net.blocks[:2].eval()  # a frozen prefix of two blocks
     modes = [m.training for m in net.modules()]
