@@ -73,10 +73,12 @@ def main() -> None:
     ap.add_argument("--subset", type=int, default=2048, help="training images")
     ap.add_argument("--epochs", type=int, default=2, help="epochs per run")
     ap.add_argument("--rounds", type=int, default=4, help="rounds, on seeds 0, 1, ...")
+    ap.add_argument("--image-size", type=int, default=None, help="zero-pad images to this side (pixels)")
     ap.add_argument("--p", type=float, default=0.5, help="drop probability (stochastic depth's at the last unit)")
     a = ap.parse_args()
     set_threads()
-    w = Workload(model=a.model, width=a.width, dataset="fashion_mnist", subset=a.subset, epochs=a.epochs)
+    w = Workload(model=a.model, width=a.width, dataset="fashion_mnist", subset=a.subset, epochs=a.epochs,
+                 image_size=a.image_size)
     data = load_data(w)
     n_stages = len(stages(models.residual_units(models.build(a.model, 1, 10, width=a.width))))
     runs = {"baseline": lambda: strategies.create("baseline")}
@@ -103,7 +105,8 @@ def main() -> None:
         eff = f"{ts / fs:.2f}" if fs >= MIN_SAVING else "-"
         return f"{ts:>11.1%}{fs:>12.1%}{eff:>12}"
 
-    print(f"{a.model} width {a.width}, {a.subset} images, {a.epochs} epochs, p {a.p}, "
+    side = data.image_size
+    print(f"{a.model} width {a.width}, {a.subset} images at {side}x{side}, {a.epochs} epochs, p {a.p}, "
           f"{a.rounds} rounds taken in turn by step")
     print(f"{'run':<22}{'time_s':>8}{'time_saved':>11}{'flops_saved':>12}{'efficiency':>12}")
     for k in runs:
