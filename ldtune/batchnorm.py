@@ -108,7 +108,7 @@ def recalibrate(net: nn.Module, batches: Iterable[torch.Tensor], start: int = 0)
     Running statistics gathered during training describe the net as it trained, which a strategy
     may differ from at evaluation (Depth Dropout: about half the branches off); after this they
     describe the net that is evaluated. The blocks before ``start`` (a frozen prefix) keep theirs.
-    Runs ``net.blocks`` forward without gradients and restores every module's train/eval mode;
+    Runs the net forward without gradients and restores every module's train/eval mode;
     returns the number of images used."""
     modes = [(m, m.training) for m in net.modules()]
     bns = [m for b in net.blocks[start:] for m in b.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -122,8 +122,7 @@ def recalibrate(net: nn.Module, batches: Iterable[torch.Tensor], start: int = 0)
             m.train()
         with torch.no_grad():
             for x in batches:
-                for b in net.blocks:
-                    x = b(x)
+                net(x)  # the whole forward pass, as the loop charges it
                 images += x.shape[0]
     finally:
         for m, momentum in zip(bns, momenta):
