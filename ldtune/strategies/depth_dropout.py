@@ -52,7 +52,8 @@ strategy's training time. Made free (a bound, not a method), they would leave an
 step, and one op for the whole 1x1 conv + BN nothing (BENCHMARKS.md). ResNet-56 at width 8, p =
 0.5: 31.7-32.8% less time for 42% fewer FLOPs over three ``ldtune bench`` runs (20-28% over six
 runs before ldtune's fused CPU BatchNorm, BENCHMARKS.md); ResNet-20 at width 8: efficiency
-0.68-0.71 over four runs, at width 16 0.84.
+0.68-0.71 over four runs, at width 16 0.84. On a Zen 4 CPU with AVX-512: 0.69-0.73 at width 8
+(three runs), 0.79 at width 16, and 30.5% less time on ResNet-56 (BENCHMARKS.md).
 Dropping the same branches with identity shortcuts (``stochastic_depth`` with ``rule: uniform``)
 turns nearly all of the FLOP saving into time. On an H100 at batch 256, where a step's time follows
 its kernel launches, the shortcuts' extra conv and BN kernels cost more than the skipped branches

@@ -21,7 +21,9 @@ Time vs FLOPs: weight-gradient GEMMs are a third of a step's FLOPs but, on a nar
 less of its time: BatchNorm, ReLU and the input gradients still run. So ``time_saved`` trails
 ``flops_saved``. With every weight after the stem off, 33% fewer FLOPs gave 26-29% less time on
 ResNet-20 at width 8 (efficiency 0.79-0.88 with ldtune's fused CPU BatchNorm, 0.60-0.83 before
-it; ``scripts/step_anatomy.py``, ``scripts/bn_ab.py``, BENCHMARKS.md).
+it; ``scripts/step_anatomy.py``, ``scripts/bn_ab.py``, BENCHMARKS.md). What makes up the rest is
+``kappa``'s fewer, larger steps: on a Zen 4 CPU, p 0.5 and s 1 gave 0.63 with ``kappa`` 1 and
+1.05 with ``kappa`` 2 (``ldtune bench``, three rounds each; BENCHMARKS.md).
 On an H100 it is the other way round: the DROP epochs' larger batches (``kappa``) need fewer
 kernel launches per image, so ResNet-18 at 32x32 trained 32% faster for 9% fewer FLOPs.
 
