@@ -46,20 +46,18 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], tuple[float, st
     out = subprocess.run([sys.executable, __file__, "--child", "--width", str(a.width), "--batch-size",
                           str(a.batch_size), "--calls", str(a.calls)], env={**os.environ, "ONEDNN_VERBOSE": "1"},
                          capture_output=True, text=True, check=True).stdout
-    times, formats = collections.defaultdict(list), {}
+    calls = collections.defaultdict(list)  # (shape, pass, weight flags and format) -> ms per call
     for line in out.splitlines():
         f = line.split(",")
         if len(f) < 10 or f[2:4] != ["primitive", "exec"] or f[5] != "convolution":
             continue
         desc = next(x for x in f if x.startswith("mb")).split("_")  # mb64, ic8oc8, ih28oh28kh3sh1..., ...
         shape = f"{desc[1]} {desc[2].split('oh')[0]}"  # e.g. "ic8oc8 ih28"
-        weights = next(x for x in f[8].split() if x.startswith("wei:"))
-        key = (shape, PASSES.get(f[7], f[7]))
-        times[key].append(float(f[-1]))
-        formats[key] = weights.split(":")[2] + " " + weights.split(":")[4]  # flags, format
+        _, _, flags, _, layout, *_ = next(x for x in f[8].split() if x.startswith("wei:")).split(":")
+        calls[shape, PASSES.get(f[7], f[7]), f"{flags} {layout}"].append(float(f[-1]))
     print(f"3x3 convolutions, batch {a.batch_size}, one thread, channels last; oneDNN's ms per call (median)")
     print(f"{'shape':<24}{'pass':<18}{'ms':>8}  weight flags/format")
-    rows = {key: (statistics.median(ts[2:]), formats[key]) for key, ts in times.items()}
+    rows = {(shape, pass_): (statistics.median(ts[2:]), fmt) for (shape, pass_, fmt), ts in calls.items()}
     for (shape, pass_), (ms, fmt) in rows.items():
         print(f"{shape:<24}{pass_:<18}{ms:8.3f}  {fmt}")
     return rows

@@ -29,8 +29,8 @@ runs). Linear decay drops the late units most, so ``time_saved`` trails ``flops_
 ``skip_cost.py``; BENCHMARKS.md). ``rule: uniform`` spreads the drops evenly: 0.93 in both
 ``skip_cost.py`` runs at width 8, 0.95-1.00 at width 16. On a Zen 4 CPU with AVX-512, where
 oneDNN pads 8-channel convolutions to 16, the stage gap is wider (1.30 / 0.70 / 0.60) and linear
-decay gets 0.73-0.78 at width 8, 0.91 at width 16 (three bench runs and one, BENCHMARKS.md). On an H100, ResNet-18 at 32x32 with p =
-0.5 gave 0.47-0.82 over four runs (BENCHMARKS.md, GPU).
+decay gets 0.73-0.78 at width 8, 0.91 at width 16 (three bench runs and one, BENCHMARKS.md). On
+an H100, ResNet-18 at 32x32 with p = 0.5 gave 0.47-0.82 over four runs (BENCHMARKS.md, GPU).
 
 Paper: G. Huang, Y. Sun, Z. Liu, D. Sedra, K. Weinberger, "Deep Networks with Stochastic Depth",
 ECCV 2016 (cited by LayerDropBack and Depth Dropout; not in ../shared/papers).
