@@ -3,6 +3,7 @@ FLOPs at each), and the weight format it picked: a ``p`` in the format's flags m
 channels to its block (BENCHMARKS.md, "A second CPU").
 
     .venv/bin/python scripts/conv_rates.py            # width 8: 8ch 28x28, 16ch 14x14, 32ch 7x7
+    ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python scripts/conv_rates.py   # oneDNN's AVX2 kernels (block 8)
 
 It runs the convolutions in a child process with ``ONEDNN_VERBOSE=1`` (one thread, channels last)
 and prints the median of each pass's execution times after the warm-up calls.
@@ -47,15 +48,19 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, str], tuple[float, st
                           str(a.batch_size), "--calls", str(a.calls)], env={**os.environ, "ONEDNN_VERBOSE": "1"},
                          capture_output=True, text=True, check=True).stdout
     calls = collections.defaultdict(list)  # (shape, pass, weight flags and format) -> ms per call
+    isa = "?"
     for line in out.splitlines():
         f = line.split(",")
+        if f[2:4] == ["info", "cpu"] and f[4].startswith("isa:"):  # onednn_verbose,v1,info,cpu,isa:...
+            isa = f[4].removeprefix("isa:")
         if len(f) < 10 or f[2:4] != ["primitive", "exec"] or f[5] != "convolution":
             continue
         desc = next(x for x in f if x.startswith("mb")).split("_")  # mb64, ic8oc8, ih28oh28kh3sh1..., ...
         shape = f"{desc[1]} {desc[2].split('oh')[0]}"  # e.g. "ic8oc8 ih28"
         _, _, flags, _, layout, *_ = next(x for x in f[8].split() if x.startswith("wei:")).split(":")
         calls[shape, PASSES.get(f[7], f[7]), f"{flags} {layout}"].append(float(f[-1]))
-    print(f"3x3 convolutions, batch {a.batch_size}, one thread, channels last; oneDNN's ms per call (median)")
+    print(f"3x3 convolutions, batch {a.batch_size}, one thread, channels last, oneDNN's ISA {isa}; "
+          "its ms per call (median)")
     print(f"{'shape':<24}{'pass':<18}{'ms':>8}  weight flags/format")
     rows = {(shape, pass_): (statistics.median(ts[2:]), fmt) for (shape, pass_, fmt), ts in calls.items()}
     for (shape, pass_), (ms, fmt) in rows.items():

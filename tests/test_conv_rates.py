@@ -11,3 +11,4 @@ def test_conv_rates_reads_every_pass_of_every_stage_shape(load_script, capsys):
         assert ms > 0 and flags.startswith("a") and layout  # a format oneDNN named, padded or not
     out = capsys.readouterr().out
     assert "ms per call" in out and all(s in out for s in shapes)
+    assert "oneDNN's ISA ?" not in out  # the ISA line of oneDNN's log was read
