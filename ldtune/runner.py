@@ -1,14 +1,15 @@
-"""Run a study on Ray Tune: baseline first, then every strategy, each searched by its own Optuna study.
+"""Run a study on Ray Tune: the baseline, and every strategy searched by its own Optuna study.
 
 ``run_study(study, output)``:
 
 1. connects to ``address`` (or ``RAY_ADDRESS``; ``auto`` on a cluster's head) or starts a local
    Ray instance; decides the per-trial resources (:class:`ldtune.study.ResourcesSpec`);
 2. lays out the remaining trials as slots ``<strategy>-<k>`` (trial ``k`` trains with seed
-   ``seed + k``): the baseline's repeats first, then the strategies round-robin. A slot whose row
+   ``seed + k``): one baseline repeat, then the strategies round-robin with the other baseline
+   repeats spread evenly among them, the last at the end (:func:`slots_to_run`). A slot whose row
    is already in ``trials.parquet`` is done (``--resume``), so a finished trial never runs twice
    and an unfinished one runs again under the same id;
-3. runs one Tuner whose searcher hands out the slots: no strategy trial starts before every
+3. runs one Tuner whose searcher hands out the slots: no strategy trial starts before the first
    baseline trial is done (each speedup needs its reference), and each strategy's
    hyperparameters come from an ``OptunaSearch`` (objectives: max ``test_accuracy``, min
    ``train_time_s``; its Optuna study in ``optuna.db`` beside the results, so
@@ -183,8 +184,9 @@ def _searcher_class():
     from ray.tune.search import Searcher
 
     class StudySearcher(Searcher):
-        """Hands out the study's slots in order; baseline slots before any other; each strategy's
-        hyperparameters from its Optuna searcher (None while its concurrency limit is reached)."""
+        """Hands out the study's slots in order, no strategy's before the first slot ends if that
+        is a baseline's (the reference); each strategy's hyperparameters from its Optuna searcher
+        (None while its concurrency limit is reached)."""
 
         def __init__(self, slots: list[tuple[str, int]], searchers: dict, make_config):
             super().__init__(metric=OBJECTIVES[0], mode=OBJECTIVES[1])
@@ -192,15 +194,16 @@ def _searcher_class():
             self.searchers = searchers
             self.make_config = make_config
             self.live: dict[str, tuple[str, int]] = {}  # Tune trial id -> slot
+            self.reference = slots[0] if slots and slots[0][0] == "baseline" else None
 
         def suggest(self, trial_id: str):
             if not self.pending:
                 return Searcher.FINISHED
-            baseline_open = any(s == "baseline" for s, _ in [*self.pending, *self.live.values()])
+            waiting = self.reference in self.pending or self.reference in self.live.values()
             tried = set()
             for slot in self.pending:
                 name = slot[0]
-                if name in tried or baseline_open and name != "baseline":
+                if name in tried or waiting and name != "baseline":
                     continue
                 tried.add(name)
                 searcher = self.searchers.get(name)
@@ -228,12 +231,21 @@ def _searcher_class():
 
 
 def slots_to_run(study: Study, done: set[str]) -> list[tuple[str, int]]:
-    """(strategy, k) not yet in ``done``: baseline first, then the strategies round-robin."""
+    """(strategy, k) not yet in ``done``, in their order: the baseline's first repeat (every
+    speedup's reference), then the strategies round-robin with the baseline's other repeats spread
+    evenly among them, the last at the end. So the baselines meet the machine over the whole study:
+    a shared machine's speed drifts over tens of seconds (five of the demo's baselines taken back to
+    back took 2.2 s to 3.0 s), and repeats taken back to back can agree by chance and hide it."""
     base = [("baseline", k) for k in range(study.plan("baseline").trials)]
     others = [p for p in study.plans if p.name != "baseline"]
     rounds = max((p.trials for p in others), default=0)
     rr = [(p.name, k) for k in range(rounds) for p in others if k < p.trials]
-    return [s for s in base + rr if trial_id(*s) not in done]
+    order, start = base[:1], 0
+    for j, slot in enumerate(base[1:], 1):
+        cut = round(j * len(rr) / (len(base) - 1))  # strategy slots before this repeat
+        order += rr[start:cut] + [slot]
+        start = cut
+    return [s for s in order + rr[start:] if trial_id(*s) not in done]
 
 
 def trial_id(strategy: str, k: int) -> str:

@@ -18,6 +18,7 @@ import pytest
 import ray
 import yaml
 from ray import tune
+from ray.tune.search import Searcher
 
 from ldtune import cli, results, runner, study as study_mod
 from ldtune.errors import UserError
@@ -255,9 +256,11 @@ def test_run_exits_1_when_a_trial_failed_and_keeps_the_others(ray_local, tmp_pat
     assert cli.main(["run", str(spec), "--output", str(out), "--resume"]) == 1  # boom-001 still failed
     assert capsys.readouterr().out.startswith("study tiny: 0 trials to run (3 done before)")
     pd.testing.assert_frame_equal(pd.read_parquet(out / "tiny" / "trials.parquet").set_index("trial_id"), again)
-    # until its rerun ends, a failed trial's old row stands in the files: a second baseline runs (and
-    # rewrites them) before boom-001 starts, and trials.parquet still holds boom-001's error then
-    spec.write_text(yaml.safe_dump({**SPEC, "baseline": {"repeats": 2}, "strategies": {"boom": {"trials": 2}}}))
+    # until its rerun ends, a failed trial's old row stands in the files: a freezeout trial runs (and
+    # rewrites them) before boom-001 starts, and trials.parquet still holds boom-001's error then; a
+    # second baseline runs last (the baseline's repeats are spread over the study)
+    spec.write_text(yaml.safe_dump({**SPEC, "baseline": {"repeats": 2},
+                                    "strategies": {"freezeout": {"trials": 1}, "boom": {"trials": 2}}}))
     probe = ParquetProbe(out / "tiny" / "trials.parquet")
     capsys.readouterr()
     outcome = runner.run_study(study_mod.load(spec), out, resume=True, callbacks=[probe])
@@ -266,10 +269,27 @@ def test_run_exits_1_when_a_trial_failed_and_keeps_the_others(ray_local, tmp_pat
     assert (f"baseline on {t['device_name'].iloc[0]}: 2 runs within "
             f"±{abs(t['train_time_s'].diff().iloc[-1]) / 2 / t['train_time_s'].median():.1%} of their median training "
             "time; smaller time_saved differences are timing noise\n") in capsys.readouterr().out
-    assert probe.seen[0] == ("baseline-001", {**again["status"].to_dict(), "baseline-001": "ok"})
+    assert [tid for tid, _ in probe.seen] == ["freezeout-000", "boom-001", "baseline-001"]
+    assert probe.seen[0][1] == {**again["status"].to_dict(), "freezeout-000": "ok"}
     assert again.loc["boom-001", "error"] in probe.errors[0]
     assert not outcome.interrupted
-    assert outcome.trials.set_index("trial_id")["status"].to_dict() == probe.seen[0][1]
+    assert outcome.trials.set_index("trial_id")["status"].to_dict() == probe.seen[-1][1]
+    assert probe.seen[-1][1] == {**probe.seen[0][1], "baseline-001": "ok"}
+
+
+def test_searcher_starts_no_strategy_trial_before_the_first_baseline_ends():
+    slots = [("baseline", 0), ("freezeout", 0), ("boom", 0), ("baseline", 1)]
+    searcher = runner._searcher_class()(list(slots), {}, lambda slot, hparams: {"slot": slot})
+    assert searcher.suggest("t0") == {"slot": ("baseline", 0)}
+    assert searcher.suggest("t1") == {"slot": ("baseline", 1)}  # while it runs, only baselines start
+    assert searcher.suggest("t2") is None
+    searcher.on_trial_complete("t0", {"status": "ok"})
+    assert searcher.suggest("t2") == {"slot": ("freezeout", 0)}
+    assert searcher.suggest("t3") == {"slot": ("boom", 0)}
+    assert searcher.suggest("t4") == Searcher.FINISHED
+    # resumed with the first baseline done, nothing waits for the spread ones
+    searcher = runner._searcher_class()(slots[1:], {}, lambda slot, hparams: {"slot": slot})
+    assert searcher.suggest("t0") == {"slot": ("freezeout", 0)}
 
 
 def test_resume_after_killed_driver_gives_the_same_rows(ray_local, finished, spec_file, tmp_path):

@@ -165,13 +165,19 @@ def test_spec_errors_say_how_to_fix_them(tmp_path, capsys, change, message):
     assert capsys.readouterr().err.startswith(f"ldtune: error: {message}")
 
 
-def test_slots_put_the_baseline_first_then_strategies_round_robin():
+def test_slots_put_a_baseline_first_then_strategies_round_robin_with_the_other_baselines_spread():
     s = study_mod.from_dict({**GOOD, "baseline": {"repeats": 2},
                              "strategies": {"freezeout": {"trials": 2}, "depth_dropout": {"trials": 1}}})
     slots = runner.slots_to_run(s, set())
-    assert slots == [("baseline", 0), ("baseline", 1), ("freezeout", 0), ("depth_dropout", 0), ("freezeout", 1)]
-    assert runner.slots_to_run(s, {"baseline-000", "freezeout-001"}) == [("baseline", 1), ("freezeout", 0),
-                                                                       ("depth_dropout", 0)]
+    assert slots == [("baseline", 0), ("freezeout", 0), ("depth_dropout", 0), ("freezeout", 1), ("baseline", 1)]
+    assert runner.slots_to_run(s, {"baseline-000", "freezeout-001"}) == [("freezeout", 0), ("depth_dropout", 0),
+                                                                       ("baseline", 1)]
+    five = study_mod.from_dict({**GOOD, "baseline": {"repeats": 5}, "strategies": {"freezeout": {"trials": 8}}})
+    assert [k for name, k in runner.slots_to_run(five, set()) if name == "baseline"] == [0, 1, 2, 3, 4]
+    positions = [i for i, (name, _) in enumerate(runner.slots_to_run(five, set())) if name == "baseline"]
+    assert positions == [0, 3, 6, 9, 12]  # two strategy slots between repeats, the last repeat last
+    alone = study_mod.from_dict({**GOOD, "baseline": {"repeats": 3}, "strategies": {}})
+    assert runner.slots_to_run(alone, set()) == [("baseline", 0), ("baseline", 1), ("baseline", 2)]
 
 
 def test_derived_columns_use_the_median_baseline_of_the_same_device():
