@@ -173,8 +173,9 @@ def test_slots_put_a_baseline_first_then_strategies_round_robin_with_the_other_b
     assert runner.slots_to_run(s, {"baseline-000", "freezeout-001"}) == [("freezeout", 0), ("depth_dropout", 0),
                                                                        ("baseline", 1)]
     five = study_mod.from_dict({**GOOD, "baseline": {"repeats": 5}, "strategies": {"freezeout": {"trials": 8}}})
-    assert [k for name, k in runner.slots_to_run(five, set()) if name == "baseline"] == [0, 1, 2, 3, 4]
-    positions = [i for i, (name, _) in enumerate(runner.slots_to_run(five, set())) if name == "baseline"]
+    five_slots = runner.slots_to_run(five, set())
+    assert [k for name, k in five_slots if name == "baseline"] == [0, 1, 2, 3, 4]
+    positions = [i for i, (name, _) in enumerate(five_slots) if name == "baseline"]
     assert positions == [0, 3, 6, 9, 12]  # two strategy slots between repeats, the last repeat last
     alone = study_mod.from_dict({**GOOD, "baseline": {"repeats": 3}, "strategies": {}})
     assert runner.slots_to_run(alone, set()) == [("baseline", 0), ("baseline", 1), ("baseline", 2)]
