@@ -360,6 +360,9 @@ def prepare(study: Study, output: str | Path, resume: bool) -> Path:
     and ``--resume`` needs the same spec (trial budgets may change)."""
     check_output_dir(Path(output))
     study_dir = Path(output) / study.name
+    if study_dir.exists() and not study_dir.is_dir():
+        raise UserError("--output", f"{study_dir} is a file; the study {study.name!r} needs that name for its "
+                        "directory (choose another --output)")
     saved = study_dir / CONFIG_FILE
     has_results = (study_dir / "trials.parquet").is_file() or saved.is_file()
     if has_results and not resume:

@@ -249,12 +249,15 @@ def from_dict(raw: dict) -> Study:
     for name in named:
         if name not in strategies.REGISTRY:
             raise UserError(f"strategies.{name}", f"unknown strategy; known: {', '.join(sorted(strategies.REGISTRY))}")
+    implicit = set()  # the strategies that `all` adds
     if default is not None:
         for name in sorted(strategies.REGISTRY):
             if name != "baseline" and name not in named:
                 named[name] = default
+                implicit.add(name)
     for name, s in named.items():
         plans.append(_plan(name, s, workload.epochs))
+    plans = _fitting_model(workload, plans, implicit)
     if spec.resources.gpu is not None and spec.resources.gpu > 0 and workload.device == "cpu":
         raise UserError("resources.gpu", "the workload runs on cpu (workload.device); ask for no GPU")
     if spec.resources.gpu is not None and 0 < spec.resources.gpu < 1:
@@ -304,6 +307,31 @@ def _workload(spec: StudySpec) -> Workload:
     except UserError as e:
         raise UserError(f"workload.{e.field}", e.message) from None
     return w
+
+
+def _fitting_model(w: Workload, plans: list[StrategyPlan], implicit: set[str]) -> list[StrategyPlan]:
+    """The plans whose strategy can take the study's net, tried with each strategy's ``prepare_model``
+    on the net built on the meta device (no memory, no data). A strategy named in the spec that
+    cannot (stochastic depth on a VGG) is one error naming it here, not the same error in every
+    trial; one that only `all` added is left out, with a warning."""
+    import torch
+    from . import models
+    kept, left_out = [], []
+    with torch.device("meta"):
+        for plan in plans:
+            if plan.name != "baseline":
+                net = models.build(w.model, 3, 10, width=w.width, image_size=w.image_size or 32)
+                try:
+                    strategies.create(plan.name, **plan.fixed).prepare_model(net)
+                except UserError as e:
+                    if plan.name not in implicit:
+                        raise UserError(f"strategies.{plan.name}", f"{e.message} (workload.{e.field})") from None
+                    left_out.append(plan.name)
+                    continue
+            kept.append(plan)
+    if left_out:
+        warnings.warn(f"strategies.{ALL}: {', '.join(left_out)} left out; {w.model} cannot take them", stacklevel=3)
+    return kept
 
 
 def _plan(name: str, s: StrategySpec, epochs: int) -> StrategyPlan:

@@ -111,6 +111,8 @@ BAD = [
     ({"strategies": {"depth_dropout": {"search": {"p": float("nan")}}}}, "strategies.depth_dropout.search.p"),
     ({"strategies": {"depth_dropout": {"search": {"p": [0.1, float("nan")]}}}}, "strategies.depth_dropout.search.p"),
     ({"plugins": ["no_such_module_here"]}, "plugins"),
+    ({"workload": {"model": "vgg11_bn", "width": None}, "strategies": {"stochastic_depth": {"trials": 1}}},
+     "strategies.stochastic_depth"),  # no residual units: one error here, not one in every trial
 ]
 
 
@@ -163,6 +165,14 @@ def test_spec_errors_say_how_to_fix_them(tmp_path, capsys, change, message):
     spec.write_text(yaml.safe_dump(_merge(GOOD, change)))
     assert cli.main(["validate", str(spec)]) == 2
     assert capsys.readouterr().err.startswith(f"ldtune: error: {message}")
+
+
+def test_all_leaves_out_the_strategies_the_model_cannot_take():
+    with pytest.warns(UserWarning, match="strategies.all: depth_dropout, stochastic_depth left out; vgg11_bn"):
+        s = study_mod.from_dict(_merge(GOOD, {"workload": {"model": "vgg11_bn", "width": None}}))
+    assert [p.name for p in s.plans] == ["baseline"] + sorted(set(strategies.REGISTRY) - {
+        "baseline", "depth_dropout", "stochastic_depth"})
+    assert {p.name for p in study_mod.from_dict(GOOD).plans} == set(strategies.REGISTRY)
 
 
 def test_slots_put_a_baseline_first_then_strategies_round_robin_with_the_other_baselines_spread():
@@ -255,6 +265,11 @@ def test_unusable_output_exits_2_before_ray_starts(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith(f"ldtune: error: --output: {message}") and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.yaml"]
+    (tmp_path / "t").write_text("mine")  # the study's directory name is taken by a file
+    assert cli.main(["run", str(spec), "--output", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"ldtune: error: --output: {tmp_path / 't'} is a file; the study 't' needs "
+                                       "that name for its directory (choose another --output)\n")
+    assert (tmp_path / "t").read_text() == "mine"
 
 
 def test_unreachable_address_exits_2_and_writes_nothing(tmp_path, capsys):
