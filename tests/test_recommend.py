@@ -193,7 +193,7 @@ def test_cli_confirm_runs_a_short_study_on_the_new_dataset(results, tmp_path, ca
     # 0.6 of 2 epochs rounds to 1, which would select after the last epoch: the largest that acts is 0
     assert (f["dataset"], f["epochs"], f["warmup_epochs"]) == ("digits", 2, 0)
     assert list(trials["status"]) == ["ok", "ok"], trials["error"].tolist()  # both trained; the verdict is on accuracy
-    held = f["accuracy_delta"] >= -0.01 - 1e-9
+    held = f["accuracy_delta"] >= -0.01 - 1e-9 and f["time_saved"] > 0  # within the limit, and it saved time
     assert code == (0 if held else 1)
     assert f"# freezing          {'held' if held else 'did NOT hold'}" in out
     assert (f"# workload: as in {results / 'transfer_fashion_mnist' / 'study.yaml'}, with the dataset, epochs and "
@@ -253,6 +253,22 @@ def test_cli_leaves_out_what_did_not_hold(results, capsys):
                 "0.05", "--confirm"]) == 2
     assert capsys.readouterr() == ("", "ldtune: error: --confirm: no recommendation held the accuracy-drop limit: "
                                        "nothing to confirm\n")
+
+
+def test_cli_says_why_a_strategy_whose_trials_all_failed_has_no_recommendation(results, tmp_path, capsys):
+    trials = pd.read_parquet(results / "transfer_digits" / "trials.parquet")
+    failed = trials[trials["strategy"] == "freezing"].assign(strategy="stochastic_depth", status="error",
+                                                             error="boom", accuracy_delta=np.nan)
+    only = tmp_path / "only_failed" / "s"
+    only.mkdir(parents=True)
+    pd.concat([trials[trials["strategy"] == "baseline"], failed]).to_parquet(only / "trials.parquet")
+    assert cli(["recommend", str(only.parent), "--model", "resnet20"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ("ldtune: warning: no strategy's recommendation held the accuracy-drop limit with time saved; "
+                   "the spec below runs the baseline only\n")
+    assert yaml.safe_load(out)["strategies"] == {}
+    n = len(failed)
+    assert f"# stochastic_depth: no recommendation; none of its {n} trials here finished ok (last error: boom)" in out
 
 
 def test_the_source_workload_is_found_as_deep_as_the_studies(tmp_path):
