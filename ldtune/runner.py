@@ -314,7 +314,8 @@ def _callback_class():
             row = {"study": self.study.name, "trial_id": c["trial_id"], "strategy": c["strategy"], "model": w.model,
                    "dataset": w.dataset, "epochs": w.epochs, "seed": c["seed"], "status": result.get("status"),
                    "error": result.get("error"), **{k: result.get(k) for k in
-                   ("test_accuracy", "train_time_s", "train_flops", "flops_saved", "device_name")}, **c["hparams"]}
+                   ("test_accuracy", "train_time_s", "train_flops", "flops_saved", "device_name")},
+                   **ran_with(c["strategy"], c["hparams"])}
             self.rows.append(row)
             self.epoch_rows.extend({"trial_id": c["trial_id"], **r}
                                    for _, r in sorted(self.records.pop(trial.trial_id, {}).items()))
@@ -342,6 +343,14 @@ def _error_text(trial) -> str:
 
 def _fmt(v, spec: str = "") -> str:
     return "-" if v is None or v != v else format(v, spec)
+
+
+def ran_with(strategy: str, hparams: dict) -> dict:
+    """Every hyperparameter a trial ran with: its searched and held values, and the strategy's
+    defaults for the rest (so a row says how the trial ran even where the spec left a setting out)."""
+    from . import strategies
+    cls = strategies.REGISTRY.get(strategy)
+    return {**({k: hp.default for k, hp in cls.hparams.items()} if cls else {}), **hparams}
 
 
 def _line(row, n: int, total: int, hparams: dict) -> str:

@@ -125,10 +125,13 @@ def test_study_end_to_end_parquet_contract(finished):
     assert "boom: injected failure" in by_id.loc["boom-001", "error"]
     assert by_id.loc["boom-002", "status"] == "diverged"
     assert list(trials.sort_values("trial_id")["seed"]) == [0, 1, 0, 1, 2, 0, 1]  # boom, baseline, freezeout
-    # freezeout's searched t0 stays in the spec's range; its held hyperparameters are filled; others null
+    # freezeout's searched t0 stays in the spec's range; its held hyperparameters are filled, and so are
+    # the defaults the spec left out (cache); other strategies' columns are null
     fo = by_id.loc[["freezeout-000", "freezeout-001"]]
     assert fo["t0"].between(0.5, 0.9).all() and fo["schedule"].isin(["linear", "cubic"]).all()
+    assert fo["cache"].tolist() == [False, False]
     assert by_id.loc[["baseline-000", "boom-000"], "t0"].isna().all()
+    assert fo[["p", "warmup_epochs", "rule"]].isna().all().all()
 
     # DuckDB reads the same rows and columns
     con = duckdb.connect()
