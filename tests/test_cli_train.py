@@ -52,7 +52,9 @@ def test_strategies_lists_every_registered_one_with_units_and_shows_a_card(capsy
     assert [ln[3:] for ln in out.splitlines() if ln.startswith("== ")] == sorted(REGISTRY)
     for name, cls in REGISTRY.items():
         for key, h in cls.hparams.items():
-            assert f"  {key}: {h.kind.__name__}" in out and f"({h.unit})" in out, (name, key)
+            what = f"{h.unit}: {h.help}" if h.help else h.unit  # the unit, and what it means where it is one word
+            assert f"  {key}: {h.kind.__name__}" in out and f"({what})" in out, (name, key)
+    assert "== baseline\n  no hyperparameters\n" in out and ", None]" not in out
     assert main(["strategies", "freezeout"]) == 0
     card = capsys.readouterr().out
     assert card.startswith("== freezeout\n") and "Paper:" in card and "t0:" in card

@@ -11,10 +11,14 @@ def main(a) -> int:
     for n in names:
         cls = strategies.get(n)
         print(f"== {n}")
+        if not cls.hparams:
+            print("  no hyperparameters")
         for k, h in cls.hparams.items():
             rng = (f" {list(h.choices)}" if h.choices is not None else "" if h.kind is bool
+                   else f" >= {h.low}" if h.high is None else f" <= {h.high}" if h.low is None
                    else f" [{h.low}, {h.high}]")
-            print(f"  {k}: {h.kind.__name__}{rng}, default {h.default!r} ({h.unit})")
+            what = f"{h.unit}: {h.help}" if h.help else h.unit
+            print(f"  {k}: {h.kind.__name__}{rng}, default {h.default!r} ({what})")
         if a.name:
             print(cls.card())
     return 0
