@@ -66,7 +66,7 @@ def load(directory, table: str = "trials") -> pd.DataFrame:
         raise UserError("table", f"must be trials, epochs or pareto, got {table!r}")
     root = Path(directory)
     if not root.is_dir():
-        raise UserError(str(root), "no such directory")
+        raise UserError(str(root), "a file, not a results directory" if root.exists() else "no such directory")
     study_dirs = [root] if (root / "trials.parquet").is_file() else sorted(
         {p.parent for p in root.rglob("trials.parquet")})
     if not study_dirs:

@@ -102,7 +102,7 @@ def plot(directory, out) -> list[Path]:
     if out.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise UserError("-o", f"{out}: the file name must end in .png, .pdf or .svg")
     if not out.parent.is_dir():
-        raise UserError("-o", f"{out.parent}: no such directory")
+        raise UserError("-o", f"{out.parent}: {'a file, not a directory' if out.parent.exists() else 'no such directory'}")
     trials = load(directory)
     ok = trials[trials["status"] == "ok"].dropna(subset=["test_accuracy", "time_saved"])
     if not len(ok):

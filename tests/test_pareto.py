@@ -191,6 +191,9 @@ def test_cli_bad_format_exit_2(results, capsys):
 def test_cli_missing_or_empty_dir_exit_2(tmp_path, capsys):
     code, _, err = run_cli(capsys, "pareto", str(tmp_path / "absent"))
     assert code == 2 and err == f"ldtune: error: {tmp_path / 'absent'}: no such directory\n"
+    (tmp_path / "afile").write_text("")
+    code, _, err = run_cli(capsys, "pareto", str(tmp_path / "afile"))
+    assert code == 2 and err == f"ldtune: error: {tmp_path / 'afile'}: a file, not a results directory\n"
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli(capsys, "pareto", str(tmp_path / "empty"))
     assert code == 2 and err.startswith(f"ldtune: error: {tmp_path / 'empty'}: no study results")
@@ -199,7 +202,7 @@ def test_cli_missing_or_empty_dir_exit_2(tmp_path, capsys):
     (bad / "trials.parquet").write_bytes(b"not parquet")
     code, _, err = run_cli(capsys, "pareto", str(tmp_path / "bad"))
     assert code == 2 and err.startswith(f"ldtune: error: {bad / 'trials.parquet'}: cannot read Parquet")
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["bad", "empty", "s", "trials.parquet"]  # nothing written
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["afile", "bad", "empty", "s", "trials.parquet"]  # nothing written
 
 
 @pytest.mark.parametrize("argv", [["pareto"], ["plot", "-o", "PNG"], ["recommend", "--model", "resnet20"]])

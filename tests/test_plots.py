@@ -87,3 +87,7 @@ def test_plot_missing_dir_exit_2(tmp_path, capsys):
     assert cli(["plot", str(tmp_path / "none"), "-o", str(tmp_path / "f.png")]) == 2
     assert capsys.readouterr().err == f"ldtune: error: {tmp_path / 'none'}: no such directory\n"
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / "afile").write_text("")
+    assert cli(["plot", str(tmp_path / "none"), "-o", str(tmp_path / "afile" / "f.png")]) == 2
+    assert capsys.readouterr().err == f"ldtune: error: -o: {tmp_path / 'afile'}: a file, not a directory\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"]
