@@ -3,7 +3,7 @@
 Columns (the DESIGN.md contract):
 
 * trials: ``TRIAL_COLUMNS``, then one column per hyperparameter of the registered strategies
-  (null where a strategy has none);
+  (the strategy's defaults where the spec set none; null where a strategy has none);
 * epochs: ``EPOCH_COLUMNS``, then any further keys of the epoch records (``cache_tier``,
   ``layer_scores``, ...), null where a record has none;
 * pareto: the trials columns plus ``front`` (a strategy's name for its own front, ``all`` for the
@@ -47,6 +47,7 @@ EPOCH_COLUMNS = {
     "trial_id": pa.string(), "epoch": pa.int64(), "test_accuracy": pa.float64(), "train_loss": pa.float64(),
     "epoch_time_s": pa.float64(), "epoch_flops": pa.int64(), "trainable_params": pa.int64(),
     "active_blocks": pa.int64(),
+    "study": pa.string(),  # after the contract's columns: epochs of several studies read together stay apart
 }
 CONTRACT_HPARAMS = ("warmup_epochs", "p", "s", "kappa", "t0", "schedule", "scale_lr")  # listed first
 _ARROW = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
@@ -141,6 +142,8 @@ def write(study_dir: str | Path, trial_rows: list[dict], epoch_rows: list[dict])
     """Write the three files atomically; return the trials frame as written (derived columns filled)."""
     study_dir = Path(study_dir)
     trials = trials_table(trial_rows)
+    study_of = {r["trial_id"]: r.get("study") for r in trial_rows}
+    epoch_rows = [{**r, "study": r.get("study") or study_of.get(r["trial_id"])} for r in epoch_rows]
     _atomic(epochs_table(epoch_rows), study_dir / "epochs.parquet")
     _atomic(trials, study_dir / "trials.parquet")
     df = trials.to_pandas()

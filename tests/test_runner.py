@@ -143,6 +143,7 @@ def test_study_end_to_end_parquet_contract(finished):
     epochs = pd.read_parquet(study_dir / "epochs.parquet")
     assert list(epochs.columns[:len(CONTRACT_EPOCHS)]) == CONTRACT_EPOCHS
     assert "cache_tier" in epochs.columns  # extra epoch-record keys are kept as columns
+    assert set(epochs["study"]) == {"tiny"}  # epochs of several studies read together stay apart
     ok_ids = set(trials.loc[trials["status"] != "error", "trial_id"])
     assert set(epochs["trial_id"]) == ok_ids and not epochs.duplicated(["trial_id", "epoch"]).any()
     de = con.execute(f"select trial_id, count(*) n from '{study_dir / 'epochs.parquet'}' group by trial_id").df()
