@@ -10,6 +10,7 @@ Names: ``mnist``, ``fashion_mnist``, ``cifar10``, ``cifar100``, ``imagenette``,
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import gzip
 import os
@@ -191,10 +192,32 @@ def _mnist_like(name: str, root: str | None, download: bool = True):
     cls = torchvision.datasets.FashionMNIST if name == "fashion_mnist" else torchvision.datasets.MNIST
     root = _root(root)
     try:
-        tr, te = cls(root, train=True, download=download), cls(root, train=False, download=download)
+        with _no_new_empty_dirs(root):
+            tr, te = cls(root, train=True, download=download), cls(root, train=False, download=download)
     except Exception as e:  # no network and no files
         raise UserError("data_root", f"cannot load {name} from {root}: {e}") from None
     return tr.data.numpy(), tr.targets.numpy(), te.data.numpy(), te.targets.numpy()
+
+
+@contextlib.contextmanager
+def _no_new_empty_dirs(root: str):
+    """On failure, remove the empty directories a failed download made at or under ``root`` (bad
+    input leaves nothing behind); directories that existed before, or hold files, stay."""
+    top = Path(root)
+    while not top.exists() and top != top.parent:
+        top = top.parent
+    try:
+        yield
+    except BaseException:
+        made = sorted((d for d in [Path(root), *Path(root).rglob("*")] if d.is_dir()), key=lambda d: -len(d.parts))
+        made += [d for d in Path(root).parents if len(d.parts) > len(top.parts)]
+        for d in made:
+            if d != top and top in d.parents:
+                try:
+                    d.rmdir()  # only if empty
+                except OSError:
+                    pass
+        raise
 
 
 def _root(root: str | None) -> str:
@@ -285,7 +308,8 @@ def load(name: str, *, subset: int | None = None, seed: int = 0, device: str = "
         cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
         r = _root(root)
         try:
-            tr, te = cls(r, train=True, download=download), cls(r, train=False, download=download)
+            with _no_new_empty_dirs(r):
+                tr, te = cls(r, train=True, download=download), cls(r, train=False, download=download)
         except Exception as e:
             raise UserError("data_root", f"cannot load {name} from {r}: {e}") from None
         arrays = _tensors(tr.data, np.array(tr.targets), te.data, np.array(te.targets))

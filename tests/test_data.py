@@ -151,3 +151,25 @@ def test_bad_inputs_name_the_field(tmp_path):
     with pytest.raises(UserError) as e:
         data.load("mnist", root=str(tmp_path))  # no files and no network
     assert e.value.field == "data_root"
+
+
+def test_a_failed_download_leaves_no_new_empty_directories(tmp_path):
+    from ldtune.data import _no_new_empty_dirs
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "f").write_text("x")
+    root = tmp_path / "cache" / "ldtune" / "data"
+
+    def download():  # what torchvision does offline: makes its folders, then fails
+        (root / "cifar-10" / "raw").mkdir(parents=True)
+        (tmp_path / "kept" / "sub").mkdir()
+        raise OSError("no network")
+
+    with pytest.raises(OSError), _no_new_empty_dirs(str(root)):
+        download()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["f", "kept", "sub"]  # outside root: not its to remove
+    root.mkdir(parents=True)
+    (root / "partial.tar.gz").write_text("x")
+    with pytest.raises(OSError), _no_new_empty_dirs(str(root)):
+        (root / "raw").mkdir()
+        raise OSError("no network")
+    assert sorted(p.name for p in root.iterdir()) == ["partial.tar.gz"]  # a file stays, and so its folder
