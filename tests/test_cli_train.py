@@ -22,6 +22,13 @@ def test_train_json_contract():
     assert "epoch 2/2" in out.stderr
 
 
+def test_train_evaluates_on_a_test_subset(capsys):
+    assert main(["train", "--dataset", "digits", "--width", "4", "--epochs", "1", "--test-subset", "50", "--json"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["test_subset"] == 50
+    assert round(last["test_accuracy"] * 50, 6) == round(last["test_accuracy"] * 50)  # hits out of 50 images
+
+
 @pytest.mark.parametrize("args,field", [
     (["--model", "resnet21"], "model"),
     (["--dataset", "svhn"], "dataset"),
@@ -37,6 +44,7 @@ def test_train_json_contract():
     (["--subset", "64", "--epochs", "2", "--strategy", "layerdropback", "--set", "kappa=8", "--set", "s=1"],
      "layerdropback.kappa"),
     (["--strategy", "layerdropback", "--set", "reading=equations", "--set", "p=0"], "layerdropback.p"),
+    (["--test-subset", "0"], "--test-subset"),
 ])
 def test_bad_input_exits_2_naming_the_field(args, field, capsys):
     code = main(["train", "--dataset", "digits", "--width", "4", "--epochs", "1", "--json", *args])

@@ -54,14 +54,19 @@ def configure(p) -> None:
     add_workload_args(p)
     p.add_argument("--strategy", default="baseline", help="strategy name (ldtune strategies lists them)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a strategy hyperparameter")
+    p.add_argument("--test-subset", type=int, default=None,
+                   help="test images used for accuracy (class-balanced, seeded; default: the whole test set)")
     p.add_argument("--json", action="store_true", help="end with one JSON object on stdout")
 
 
 def main(a) -> int:
     from .. import strategies
-    from ..train import fit, set_threads
+    from ..data import trim_test_set
+    from ..train import fit, load_data, set_threads
 
     w = workload_from_args(a)
+    if a.test_subset is not None and a.test_subset < 1:
+        raise UserError("--test-subset", f"must be an integer >= 1, got {a.test_subset}")
     given = parse_sets(a.set)
     strategy = strategies.create(a.strategy, **given)
     for k in given:
@@ -72,12 +77,18 @@ def main(a) -> int:
         print(f"epoch {rec['epoch'] + 1}/{w.epochs}  loss {rec['train_loss']:.4f}  acc {rec['test_accuracy']:.4f}"
               f"  time {rec['epoch_time_s']:.2f}s  active blocks {rec['active_blocks']}", file=sys.stderr)
 
-    r = fit(w, strategy, callback=progress)
+    data = None
+    if a.test_subset is not None:
+        data = load_data(w)
+        if not hasattr(data, "test_x"):
+            raise UserError("--test-subset", f"only for datasets held as tensors, not the streamed {w.dataset}")
+        data = trim_test_set(data, a.test_subset, w.seed)
+    r = fit(w, strategy, callback=progress, data=data)
     out = {"strategy": a.strategy, "model": w.model, "dataset": w.dataset, "epochs": w.epochs,
            "status": r.status, "test_accuracy": r.test_accuracy, "train_time_s": r.train_time_s,
            "eval_time_s": r.eval_time_s, "train_flops": r.train_flops, "baseline_flops": r.baseline_flops,
            "flops_saved": r.flops_saved, "device_name": r.device_name, "hparams": strategy.hp,
-           "subset": w.subset, "seed": w.seed}
+           "subset": w.subset, "test_subset": a.test_subset, "seed": w.seed}
     if a.json:
         print(json.dumps(out))
     else:
