@@ -201,22 +201,26 @@ def _mnist_like(name: str, root: str | None, download: bool = True):
 
 @contextlib.contextmanager
 def _no_new_empty_dirs(root: str):
-    """On failure, remove the empty directories a failed download made at or under ``root`` (bad
-    input leaves nothing behind); directories that existed before, or hold files, stay."""
-    top = Path(root)
-    while not top.exists() and top != top.parent:
-        top = top.parent
+    """On failure, remove the empty directories a failed download made: ``root`` and the folders
+    above it that did not exist, and new folders up to two levels under it (where torchvision
+    makes them). Directories that existed before, or hold files, stay."""
+    def near(r: Path) -> set[Path]:  # r and its folders two levels down
+        one = [d for d in r.iterdir() if d.is_dir()] if r.is_dir() else []
+        return {r, *one, *(d for o in one for d in o.iterdir() if d.is_dir())}
+
+    r = Path(root)
+    existed = {d for d in [r, *r.parents] if d.exists()}
+    before = near(r)
     try:
         yield
     except BaseException:
-        made = sorted((d for d in [Path(root), *Path(root).rglob("*")] if d.is_dir()), key=lambda d: -len(d.parts))
-        made += [d for d in Path(root).parents if len(d.parts) > len(top.parts)]
+        made = sorted((d for d in near(r) if d not in before), key=lambda d: -len(d.parts))
+        made += [d for d in [r, *r.parents] if d not in existed]  # deepest first
         for d in made:
-            if d != top and top in d.parents:
-                try:
-                    d.rmdir()  # only if empty
-                except OSError:
-                    pass
+            try:
+                d.rmdir()  # only if empty
+            except OSError:
+                pass
         raise
 
 

@@ -341,8 +341,8 @@ def _error_text(trial) -> str:
     return "the trial failed (no error message)"
 
 
-def _fmt(v, spec: str = "") -> str:
-    return "-" if v is None or v != v else format(v, spec)
+def _fmt(v, spec: str = "", unit: str = "") -> str:
+    return "-" if v is None or v != v else format(v, spec) + unit
 
 
 def ran_with(strategy: str, hparams: dict) -> dict:
@@ -356,7 +356,7 @@ def ran_with(strategy: str, hparams: dict) -> dict:
 def _line(row, n: int, total: int, hparams: dict) -> str:
     hp = " ".join(f"{k}={_fmt(v, '.3g') if isinstance(v, float) else v}" for k, v in hparams.items())
     text = (f"[{n:>3}/{total}] {row['trial_id']:<22} {row['status']:<8} acc {_fmt(row['test_accuracy'], '.4f')}"
-            f"  train {_fmt(row['train_time_s'], '.1f')}{'' if _fmt(row['train_time_s']) == '-' else 's'}  time saved {_fmt(row['time_saved'], '+.1%')}"
+            f"  train {_fmt(row['train_time_s'], '.1f', 's')}  time saved {_fmt(row['time_saved'], '+.1%')}"
             f"  flops saved {_fmt(row['flops_saved'], '+.1%')}  {hp}")
     if row["status"] == "error":
         text += f"\n      error: {row['error']}"

@@ -169,7 +169,13 @@ def test_a_failed_download_leaves_no_new_empty_directories(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["f", "kept", "sub"]  # outside root: not its to remove
     root.mkdir(parents=True)
     (root / "partial.tar.gz").write_text("x")
+    (root / "mine").mkdir()  # empty, but there before
     with pytest.raises(OSError), _no_new_empty_dirs(str(root)):
-        (root / "raw").mkdir()
+        (root / "MNIST" / "raw").mkdir(parents=True)
         raise OSError("no network")
-    assert sorted(p.name for p in root.iterdir()) == ["partial.tar.gz"]  # a file stays, and so its folder
+    assert sorted(p.name for p in root.iterdir()) == ["mine", "partial.tar.gz"]  # a file stays, and so its folder
+
+
+def test_an_error_message_is_one_line_whatever_the_library_said():
+    e = UserError("data_root", "cannot load mnist: Error downloading x:\nTried a, got:\n  <urlopen error>\n")
+    assert e.message == "cannot load mnist: Error downloading x: Tried a, got: <urlopen error>"
