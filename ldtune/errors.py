@@ -7,4 +7,4 @@ class UserError(ValueError):
     def __init__(self, field: str, message: str):
         self.field = field
         self.message = " ".join(message.split())  # one line, whatever a library's text says (torchvision's has several)
-        super().__init__(f"{field}: {message}")
+        super().__init__(f"{field}: {self.message}")

@@ -314,15 +314,16 @@ def _fitting_model(w: Workload, plans: list[StrategyPlan], implicit: set[str]) -
     on the net built on the meta device (no memory, no data). A strategy named in the spec that
     cannot (stochastic depth on a VGG) is one error naming it here, not the same error in every
     trial; one that only `all` added is left out, with a warning."""
+    import copy
     import torch
     from . import models
     kept, left_out = [], []
     with torch.device("meta"):
+        net = models.build(w.model, 3, 10, width=w.width, image_size=w.image_size or 32)
         for plan in plans:
             if plan.name != "baseline":
-                net = models.build(w.model, 3, 10, width=w.width, image_size=w.image_size or 32)
-                try:
-                    strategies.create(plan.name, **plan.fixed).prepare_model(net)
+                try:  # on a copy: prepare_model may change the net (Depth Dropout's shortcuts)
+                    strategies.create(plan.name, **plan.fixed).prepare_model(copy.deepcopy(net))
                 except UserError as e:
                     if plan.name not in implicit:
                         raise UserError(f"strategies.{plan.name}", f"{e.message} (workload.{e.field})") from None

@@ -179,3 +179,4 @@ def test_a_failed_download_leaves_no_new_empty_directories(tmp_path):
 def test_an_error_message_is_one_line_whatever_the_library_said():
     e = UserError("data_root", "cannot load mnist: Error downloading x:\nTried a, got:\n  <urlopen error>\n")
     assert e.message == "cannot load mnist: Error downloading x: Tried a, got: <urlopen error>"
+    assert str(e) == f"data_root: {e.message}"
