@@ -19,7 +19,7 @@
 
 A dying worker or node is retried by Tune (``max_failures``); a trial that raises or diverges is a
 row with its status. Ctrl-C stops Tune cleanly; the files hold every finished trial, and
-``--resume`` runs the rest.
+``--resume`` runs the rest; on a study with nothing left to run it starts no Ray and rewrites the files.
 """
 from __future__ import annotations
 
@@ -424,22 +424,67 @@ def check_output_dir(output: Path) -> None:
         raise UserError("--output", f"cannot write {output}: {here}: {e.strerror}") from None
 
 
+@dataclass
+class Left:
+    """What a run of the study has to do: the ``rows`` and ``epoch_rows`` kept from before, the
+    failed trials it runs again (``standing``) and the ``slots`` to run, those included."""
+    rows: list[dict]
+    epoch_rows: list[dict]
+    standing: Standing
+    slots: list[tuple[str, int]]
+
+
+def _left(study: Study, study_dir: Path | None) -> Left:
+    """What is left of the study whose results are in ``study_dir`` (None: a new study, all of it)."""
+    rows, epoch_rows = results.read_rows(study_dir) if study_dir else ([], [])
+    # a failure may have been the machine's: --resume runs the study's failed trials again, with the
+    # settings they failed with (a trial outside a reduced budget is kept as it was)
+    in_study = {trial_id(*s) for s in slots_to_run(study, set())}
+    retry = [r for r in rows if r["status"] == "error" and r["trial_id"] in in_study]
+    failed = {r["trial_id"] for r in retry}
+    return Left(rows=[r for r in rows if r["trial_id"] not in failed],
+                epoch_rows=[r for r in epoch_rows if r["trial_id"] not in failed],
+                standing=Standing(retry, [r for r in epoch_rows if r["trial_id"] in failed]),
+                slots=slots_to_run(study, {r["trial_id"] for r in rows if r["trial_id"] not in failed}))
+
+
+def _save_config(study: Study, study_dir: Path, resources: dict) -> None:
+    """``study.yaml``: the spec as resolved, with the per-trial resources the trials ran with."""
+    resolved = study.to_dict()
+    resolved["resources"] = resources
+    (study_dir / CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+
+def _nothing_left(study: Study, study_dir: Path, left: Left, stream: TextIO, start: float) -> Outcome:
+    """``--resume`` of a finished study: its files are written again (a newer ldtune may add to
+    them, a smaller trial budget goes into ``study.yaml``) and nothing else happens."""
+    saved = yaml.safe_load((study_dir / CONFIG_FILE).read_text()) if (study_dir / CONFIG_FILE).is_file() else {}
+    _save_config(study, study_dir, (saved or {}).get("resources") or study.to_dict()["resources"])
+    print(f"study {study.name}: nothing left to run ({plural(len(left.rows), 'trial')} done before); "
+          f"results in {study_dir}", file=stream, flush=True)
+    trials = left.standing.write(study_dir, left.rows, left.epoch_rows)
+    return Outcome(study_dir=study_dir, trials=trials, interrupted=False, wall_s=time.perf_counter() - start)
+
+
 def run_study(study: Study, output: str | Path = "results", *, address: str | None = None, resume: bool = False,
               callbacks=(), stream: TextIO | None = None) -> Outcome:
     start = time.perf_counter()
     study_dir = prepare(study, output, resume)
+    left = _left(study, study_dir if resume else None)
+    if resume and not left.slots:  # a finished study resumed: no Ray to start, no data to check
+        return _nothing_left(study, study_dir, left, stream or sys.stdout, start)
     fixed_nodes = local_instance(address)
     check_data(study, trials_here=fixed_nodes)
     started = connect(address)
     try:
-        return _run(study, study_dir, resume, list(callbacks), stream, start, fixed_nodes)
+        return _run(study, study_dir, left, list(callbacks), stream, start, fixed_nodes)
     finally:
         if started:
             import ray
             ray.shutdown()
 
 
-def _run(study: Study, study_dir: Path, resume: bool, callbacks: list, stream: TextIO | None, start: float,
+def _run(study: Study, study_dir: Path, left: Left, callbacks: list, stream: TextIO | None, start: float,
          fixed_nodes: bool = True) -> Outcome:
     stream = stream or sys.stdout
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing; we print a line per trial
@@ -449,19 +494,9 @@ def _run(study: Study, study_dir: Path, resume: bool, callbacks: list, stream: T
 
     cpu, gpu = resources(study, fixed_nodes)
     study_dir.mkdir(parents=True, exist_ok=True)
-    resolved = study.to_dict()
-    resolved["resources"] = {"cpu": cpu, "gpu": gpu}
-    (study_dir / CONFIG_FILE).write_text(yaml.safe_dump(resolved, sort_keys=False))
-    rows, epoch_rows = results.read_rows(study_dir) if resume else ([], [])
-    # a failure may have been the machine's: --resume runs the study's failed trials again, with the
-    # settings they failed with (a trial outside a reduced budget is kept as it was)
-    in_study = {trial_id(*s) for s in slots_to_run(study, set())}
-    retry = [r for r in rows if r["status"] == "error" and r["trial_id"] in in_study]
-    failed = {r["trial_id"] for r in retry}
-    standing = Standing(retry, [r for r in epoch_rows if r["trial_id"] in failed])
-    rows = [r for r in rows if r["trial_id"] not in failed]
-    epoch_rows = [r for r in epoch_rows if r["trial_id"] not in failed]
-    slots = slots_to_run(study, {r["trial_id"] for r in rows})
+    _save_config(study, study_dir, {"cpu": cpu, "gpu": gpu})
+    rows, epoch_rows, retry, slots = left.rows, left.epoch_rows, left.standing.rows, left.slots
+    standing, failed = left.standing, {r["trial_id"] for r in retry}
     outcome = Outcome(study_dir=study_dir, trials=None, interrupted=False, wall_s=0.0)
     total = len(slots)
     before = [f"{len(rows)} done before"] * bool(rows) + [f"{len(failed)} that failed before run again"] * bool(failed)

@@ -222,6 +222,24 @@ def test_resume_where_no_study_ran_exits_2_and_starts_nothing(ray_local, spec_fi
     assert not out.exists()
 
 
+def test_resume_of_a_finished_study_starts_no_ray_and_keeps_its_rows(ray_local, tmp_path):
+    spec = tmp_path / "done.yaml"
+    spec.write_text(yaml.safe_dump({**SPEC, "name": "done", "baseline": {"repeats": 1}, "plugins": [],
+                                    "strategies": {"freezeout": {"trials": 1, "search": {"t0": [0.5, 0.9]}}}}))
+    runner.run_study(study_mod.load(spec), tmp_path)
+    study_dir = tmp_path / "done"
+    before = {f: pd.read_parquet(study_dir / f) for f in results.FILES}
+    # an address nobody listens at: a resume that connected to Ray would exit 2 on it
+    proc = subprocess.run([sys.executable, "-m", "ldtune", "run", str(spec), "--output", str(tmp_path), "--resume",
+                           "--address", "127.0.0.1:1"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"study done: nothing left to run (2 trials done before); results in {study_dir}\n")
+    assert "Ray" not in proc.stdout
+    for f, frame in before.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(study_dir / f), frame)
+    assert yaml.safe_load((study_dir / "study.yaml").read_text())["resources"] == {"cpu": 2, "gpu": 0}
+
+
 def test_a_trial_that_fits_no_node_exits_2_and_writes_nothing(ray_local, tmp_path, capsys):
     # 64 CPUs per trial on a 2-CPU instance: Tune would wait for them forever
     spec = tmp_path / "big.yaml"
