@@ -22,7 +22,7 @@ def configure(p) -> None:
 
 def main(a) -> int:
     from .. import study as study_mod
-    from ..runner import CONFIG_FILE, run_study
+    from ..runner import CONFIG_FILE, run_study, slots_to_run, trial_id
 
     study = study_mod.load(a.spec)
     resume = f"`ldtune run {shlex.quote(a.spec)} --output {shlex.quote(a.output)} --resume`"
@@ -40,10 +40,16 @@ def main(a) -> int:
         return 130
     print(f"results: {outcome.study_dir}/trials.parquet, epochs.parquet, pareto.parquet "
           f"(ldtune pareto {a.output})")
-    failed = int((outcome.trials["status"] == "error").sum())
+    failed = set(outcome.trials.loc[outcome.trials["status"] == "error", "trial_id"])
     if failed:  # the study went on around them, but a script running it should know
-        print(f"{failed} of {plural(len(outcome.trials), 'trial')} failed; "
-              f"their errors are in the error column of trials.parquet; "
-              f"{resume} runs them again", file=sys.stderr)
+        kept = failed - {trial_id(*s) for s in slots_to_run(study, set())}  # outside a budget made smaller
+        if not kept:
+            again = f"{resume} runs them again"
+        elif kept == failed:
+            again = f"they are outside the spec's trial budget, so {resume} leaves them as they are"
+        else:
+            again = f"{resume} runs them again, except {', '.join(sorted(kept))} (outside the spec's trial budget)"
+        print(f"{len(failed)} of {plural(len(outcome.trials), 'trial')} failed; "
+              f"their errors are in the error column of trials.parquet; {again}", file=sys.stderr)
         return 1
     return 0
