@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .data import Batch, epoch_slices
+from .errors import env_number
 
 TIERS = ("device", "host", "disk")
 PREFETCH = 3  # batches gathered ahead off the device tier, one worker thread each
@@ -58,8 +59,8 @@ def available_ram() -> int:
 
 
 def _env_bytes(name: str) -> int | None:
-    v = os.environ.get(name)
-    return int(float(v)) if v not in (None, "") else None
+    v = env_number(name, float)  # bytes; "2e9" allowed
+    return None if v is None else int(v)
 
 
 def _numpy(t: torch.Tensor) -> np.ndarray:

@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
-from .errors import UserError
+from .errors import UserError, check_env
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.showwarning = show
     try:
+        check_env()  # before anything runs: a bad one would otherwise fail mid-run, or in every trial
         return int(args._main(args) or 0)
     except UserError as e:
         sys.stderr.write(f"ldtune: error: {e.field}: {e.message}\n")

@@ -8,3 +8,30 @@ class UserError(ValueError):
         self.field = field
         self.message = " ".join(message.split())  # one line, whatever a library's text says (torchvision's has several)
         super().__init__(f"{field}: {self.message}")
+
+
+def env_number(name: str, kind: type = int) -> int | float | None:
+    """The number in environment variable ``name`` (None where unset or empty), at least 0; anything
+    else is a UserError naming the variable."""
+    import os
+    v = os.environ.get(name, "")
+    if not v.strip():
+        return None
+    try:
+        n = kind(float(v)) if kind is not int else int(v)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise UserError(name, f"{v!r} is not a {'whole ' * (kind is int)}number >= 0")
+    return n
+
+
+NUMERIC_ENV = {"LDTUNE_THREADS": int,  # torch threads; 0 or unset: every core
+               "LDTUNE_CACHE_DEVICE_BYTES": float,  # bytes the feature cache may hold on the device
+               "LDTUNE_CACHE_HOST_BYTES": float}  # bytes in pinned host memory (CUDA)
+
+
+def check_env() -> None:
+    """Every numeric LDTUNE_* variable, read once up front so a bad one is an error before any work."""
+    for name, kind in NUMERIC_ENV.items():
+        env_number(name, kind)

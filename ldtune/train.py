@@ -401,7 +401,8 @@ def reuse_freed_memory() -> None:
 def set_threads() -> None:
     """Use every core for intra-op work (Ray workers default to one thread)."""
     import os
-    n = int(os.environ.get("LDTUNE_THREADS", "0")) or os.cpu_count() or 1
+    from .errors import env_number
+    n = env_number("LDTUNE_THREADS") or os.cpu_count() or 1  # 0 or unset: every core
     torch.set_num_threads(n)
 
 

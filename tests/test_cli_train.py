@@ -53,6 +53,18 @@ def test_bad_input_exits_2_naming_the_field(args, field, capsys):
     assert err.count("\n") == 1 and f"error: {field}:" in err
 
 
+@pytest.mark.parametrize("var,value", [("LDTUNE_THREADS", "abc"), ("LDTUNE_THREADS", "-3"),
+                                       ("LDTUNE_CACHE_DEVICE_BYTES", "lots")])
+def test_a_bad_environment_variable_exits_2_naming_it(var, value, capsys, monkeypatch):
+    monkeypatch.setenv(var, value)
+    code = main(["train", "--dataset", "digits", "--width", "4", "--epochs", "2", "--strategy", "learn_drop",
+                 "--set", "warmup_epochs=0", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err == f"ldtune: error: {var}: {value!r} is not a whole number >= 0\n" if var == "LDTUNE_THREADS" else \
+        err == f"ldtune: error: {var}: {value!r} is not a number >= 0\n"
+
+
 def test_strategies_lists_every_registered_one_with_units_and_shows_a_card(capsys):
     from ldtune.strategies import REGISTRY
     assert main(["strategies"]) == 0
