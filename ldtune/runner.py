@@ -10,7 +10,8 @@
    is already in ``trials.parquet`` is done (``--resume``), so a finished trial never runs twice
    and an unfinished one runs again under the same id;
 3. runs one Tuner whose searcher hands out the slots: no strategy trial starts before the first
-   baseline trial is done (each speedup needs its reference), and each strategy's
+   baseline trial is done (each speedup needs its reference; meanwhile a free slot takes the next
+   baseline repeat, out of its turn, rather than idle), and each strategy's
    hyperparameters come from an ``OptunaSearch`` (objectives: max ``test_accuracy``, min
    ``train_time_s``; its Optuna study in ``optuna.db`` beside the results, so
    ``optuna-dashboard sqlite:///DIR/<study>/optuna.db`` can browse it) inside a
@@ -76,7 +77,7 @@ def connect(address: str | None) -> bool:
         # trial workers at normal priority: Ray's default (nice 15) lets any other process, the
         # driver's own loop included, preempt training and lengthen its measured time
         os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(**kwargs)
+        ray.init(address="local", **kwargs)  # our own: not a `ray start` cluster this machine may be running
         return True
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise UserError("--address", f"cannot connect to Ray at {address!r}: {e}") from None
@@ -110,19 +111,26 @@ def resources(study: Study, fixed_nodes: bool = True) -> tuple[float, float]:
     gpu = study.gpu
     if gpu is None:
         gpu = 1.0 if has_gpu and study.workload.device != "cpu" else 0.0
-    if gpu > 0 and not has_gpu:
+        if not has_gpu and not fixed_nodes and study.workload.device == "auto":
+            warnings.warn("resources.gpu: no GPU node in the Ray cluster, so trials train on CPUs; to wait for "
+                          "GPU nodes the autoscaler will add, set resources.gpu: 1", stacklevel=2)
+    if gpu > 0 and not has_gpu and fixed_nodes:
         raise UserError("resources.gpu", "the Ray cluster has no GPU (ask for gpu: 0, or add a GPU node)")
     if gpu == 0 and study.workload.device == "cuda":
         raise UserError("workload.device", "cuda asked for, but the Ray cluster has no GPU"
                         if not has_gpu else "cuda asked for, but resources.gpu is 0")
     cpu = study.cpu
     if cpu is None:
-        if gpu > 0:
+        if gpu > 0 and not has_gpu:  # a cluster whose autoscaler has not added its GPU workers yet
+            cpu = 1.0
+            warnings.warn("resources.gpu: no GPU node in the Ray cluster yet; trials wait until the autoscaler "
+                          "adds one, with 1 CPU each (set resources.cpu to the GPU node's CPUs per GPU)", stacklevel=2)
+        elif gpu > 0:
             cpu = max(1.0, min(r.get("CPU", 0) // max(r.get("GPU", 0), 1) for r in nodes if r.get("GPU", 0) > 0) * gpu)
         else:
             cpu = min((r["CPU"] for r in nodes if r.get("CPU", 0) > 0), default=1.0)
-    # a trial must fit one node, or Tune waits for it forever
-    if not any(r.get("CPU", 0) >= cpu and r.get("GPU", 0) >= gpu for r in nodes):
+    # a trial must fit one node, or Tune waits for it forever (no GPU node yet: warned above)
+    if (has_gpu or gpu == 0) and not any(r.get("CPU", 0) >= cpu and r.get("GPU", 0) >= gpu for r in nodes):
         most = max((r.get("CPU", 0) for r in nodes if r.get("GPU", 0) >= gpu), default=0)
         field_ = "resources.cpu" if most or gpu == 0 else "resources.gpu"
         where = "a node" if gpu == 0 else f"a node with {gpu:g} GPU(s)"
@@ -185,8 +193,9 @@ def _searcher_class():
 
     class StudySearcher(Searcher):
         """Hands out the study's slots in order, no strategy's before the first slot ends if that
-        is a baseline's (the reference); each strategy's hyperparameters from its Optuna searcher
-        (None while its concurrency limit is reached)."""
+        is a baseline's (the reference): until then, trials beside it take the baseline's next
+        repeats, out of their turn, so no CPU or GPU idles for a whole trial; each strategy's
+        hyperparameters from its Optuna searcher (None while its concurrency limit is reached)."""
 
         def __init__(self, slots: list[tuple[str, int]], searchers: dict, make_config):
             super().__init__(metric=OBJECTIVES[0], mode=OBJECTIVES[1])
@@ -381,20 +390,31 @@ def prepare(study: Study, output: str | Path, resume: bool) -> Path:
         raise UserError("--resume", f"{study_dir} holds no study {study.name!r} to resume; "
                         "check --output, or leave out --resume to start it")
     if resume and saved.is_file():
-        before = yaml.safe_load(saved.read_text()) or {}
+        before = saved_config(saved)
         now = study.to_dict()
-        same = "resume with the same spec"
-        pairs = [(key, before.get(key), now.get(key), same)
-                 for key in ("workload", "test_subset", "seed", "sampler", "plugins")]
+        pairs = [(key, before.get(key), now.get(key)) for key in ("workload", "test_subset", "seed", "sampler", "plugins")]
         old = before.get("strategies") or {}
-        pairs += [(f"strategies.{name}.search", old[name].get("search"), s["search"],
-                   "where the spec sets no search, ldtune's default range changed since")
+        pairs += [(f"strategies.{name}.search", old[name].get("search"), s["search"])
                   for name, s in now["strategies"].items() if old.get(name) is not None]
-        for path, was, is_, hint in pairs:
+        given = {f"strategies.{p.name}.search.{key}" for p in study.plans for key in p.given}
+        for path, was, is_ in pairs:
             field_, was, is_ = first_difference(path, was, is_)
             if field_ is not None:
+                hint = ("the spec gives it no range, and ldtune's default range changed since"
+                        if field_.startswith("strategies.") and field_ not in given else "resume with the same spec")
                 raise UserError(field_, f"{is_!r} here, {was!r} in the study being resumed ({saved}); {hint}")
     return study_dir
+
+
+def saved_config(path: Path) -> dict:
+    """The ``study.yaml`` an earlier run saved; one that no longer parses is the user's to mend (exit 2)."""
+    try:
+        before = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, OSError, UnicodeDecodeError) as e:
+        raise UserError(str(path), f"cannot read the saved study config ({type(e).__name__}: {e})") from None
+    if not isinstance(before or {}, dict):
+        raise UserError(str(path), "not a study config ldtune saved (expected a mapping)")
+    return before or {}
 
 
 def first_difference(path: str, a, b) -> tuple[str | None, object, object]:
@@ -414,6 +434,8 @@ def check_output_dir(output: Path) -> None:
     """``--output`` must be a directory we can write, or one we can create (checked before Ray starts)."""
     here = output
     while not here.exists() and here != here.parent:
+        if here.is_symlink():
+            raise UserError("--output", f"{here} is a link to {os.readlink(here)}, which does not exist")
         here = here.parent
     if not here.is_dir():
         raise UserError("--output", f"{here} is a file, not a directory" if here == output
@@ -458,8 +480,8 @@ def _save_config(study: Study, study_dir: Path, resources: dict) -> None:
 def _nothing_left(study: Study, study_dir: Path, left: Left, stream: TextIO, start: float) -> Outcome:
     """``--resume`` of a finished study: its files are written again (a newer ldtune may add to
     them, a smaller trial budget goes into ``study.yaml``) and nothing else happens."""
-    saved = yaml.safe_load((study_dir / CONFIG_FILE).read_text()) if (study_dir / CONFIG_FILE).is_file() else {}
-    _save_config(study, study_dir, (saved or {}).get("resources") or study.to_dict()["resources"])
+    saved = saved_config(study_dir / CONFIG_FILE) if (study_dir / CONFIG_FILE).is_file() else {}
+    _save_config(study, study_dir, saved.get("resources") or study.to_dict()["resources"])
     print(f"study {study.name}: nothing left to run ({plural(len(left.rows), 'trial')} done before); "
           f"results in {study_dir}", file=stream, flush=True)
     trials = left.standing.write(study_dir, left.rows, left.epoch_rows)

@@ -114,6 +114,7 @@ class StrategyPlan:
     trials: int  # trials of this strategy (baseline: its repeats)
     space: dict[str, Dim] = field(default_factory=dict)  # searched hyperparameters
     fixed: dict[str, Any] = field(default_factory=dict)  # held at one value; the rest keep their defaults
+    given: tuple[str, ...] = ()  # hyperparameters the spec's search names (the others: default ranges)
 
 
 @dataclass
@@ -236,6 +237,8 @@ def from_dict(raw: dict) -> Study:
             importlib.import_module(module)
         except ImportError as e:
             raise UserError("plugins", f"cannot import {module!r}: {e}") from None
+        except Exception as e:  # the module raised, has a syntax error, or its name is not a module's
+            raise UserError("plugins", f"cannot import {module!r}: {type(e).__name__}: {e}") from None
     workload = _workload(spec)
     if spec.test_subset is not None and (workload.dataset == "imagenette" or workload.dataset.startswith("imagefolder:")):
         raise UserError("test_subset", f"only for datasets held as tensors, not the streamed {workload.dataset}")
@@ -362,7 +365,7 @@ def _plan(name: str, s: StrategySpec, epochs: int) -> StrategyPlan:
         cls(**fixed)  # the strategy's own cross-field checks on the held values
     except UserError as e:
         raise UserError(f"{where}.{e.field.split('.')[-1]}", e.message) from None
-    return StrategyPlan(name, s.trials, space, fixed)
+    return StrategyPlan(name, s.trials, space, fixed, given=tuple(s.search))
 
 
 def _check(hp, key, value, where, strategy):

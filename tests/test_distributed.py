@@ -142,3 +142,43 @@ def test_trials_on_both_nodes_and_a_dead_worker_node_is_retried(two_nodes, tmp_p
     assert outcome.nodes[killer.killed_trial] == head_id  # its retry finished on the surviving node
     epochs = pd.read_parquet(tmp_path / "two-nodes" / "epochs.parquet")
     assert len(epochs) == 3 * len(expected) and not epochs.duplicated(["trial_id", "epoch"]).any()
+
+
+def test_a_run_without_address_starts_its_own_instance_beside_a_ray_start_cluster(tmp_path):
+    """`ray start` records its cluster for `ray.init()` to join; a study without --address must not join it
+    (a local study would otherwise run on, and die with, whatever cluster this machine holds)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    import tempfile
+    # the cluster's record in a temp dir of its own (short: Ray's socket paths must fit 107 bytes),
+    # so it can't trap another test's ray.init() once the cluster is gone
+    ray_tmp = tempfile.mkdtemp(prefix="ldt-ray-", dir="/tmp")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": ray_tmp}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--port", str(port),
+                             "--num-cpus", "1", "--resources", '{"ldtune_test_started": 1}', "--include-dashboard",
+                             "false"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        joined = "import ray; ray.init(); print(ray.cluster_resources().get('ldtune_test_started', 0))"
+        own = ("from ldtune import runner; import ray; runner.connect(None); "
+               "print(ray.cluster_resources().get('ldtune_test_started', 0))")
+        deadline = time.monotonic() + 60
+        while True:  # until ray.init() with no address joins the `ray start` cluster: the trap is set
+            out = subprocess.run([sys.executable, "-c", joined], env=env, capture_output=True, text=True, timeout=120)
+            if out.stdout.strip() == "1.0" or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert out.stdout.strip() == "1.0", out.stderr[-2000:]
+        mine = subprocess.run([sys.executable, "-c", own], env=env, cwd=REPO, capture_output=True, text=True,
+                              timeout=120)
+        assert mine.returncode == 0 and mine.stdout.strip() == "0", mine.stderr[-2000:]
+    finally:
+        head.terminate()
+        head.wait(timeout=60)
+        import shutil
+        shutil.rmtree(ray_tmp, ignore_errors=True)

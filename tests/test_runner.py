@@ -242,6 +242,44 @@ def test_resume_of_a_finished_study_starts_no_ray_and_keeps_its_rows(ray_local, 
     assert yaml.safe_load((study_dir / "study.yaml").read_text())["resources"] == {"cpu": 2, "gpu": 0}
 
 
+def test_resume_of_a_damaged_study_exits_2_naming_the_file_before_ray(finished, spec_file, tmp_path, capsys):
+    """A truncated Parquet file or a study.yaml that no longer parses: one line naming it, nothing rewritten."""
+    import shutil
+    for name, damage in [("trials.parquet", lambda b: b[:len(b) // 2]), ("epochs.parquet", lambda b: b"garbage"),
+                         ("study.yaml", lambda b: b"{{{")]:
+        study_dir = tmp_path / name / "tiny"
+        shutil.copytree(finished[0], study_dir)
+        (study_dir / name).write_bytes(damage((study_dir / name).read_bytes()))
+        before = {p.name: p.read_bytes() for p in study_dir.iterdir() if p.is_file()}
+        # an address nobody listens at: reaching Ray first would be a different error
+        assert cli.main(["run", str(spec_file), "--output", str(study_dir.parent), "--resume",
+                         "--address", "127.0.0.1:1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"ldtune: error: {study_dir / name}: cannot read") and err.count("\n") == 1, err
+        assert {p.name: p.read_bytes() for p in study_dir.iterdir() if p.is_file()} == before
+
+
+def test_a_dangling_link_as_output_exits_2_before_ray(spec_file, tmp_path, capsys):
+    (tmp_path / "gone").symlink_to(tmp_path / "no" / "such" / "dir")
+    assert cli.main(["run", str(spec_file), "--output", str(tmp_path / "gone"), "--address", "127.0.0.1:1"]) == 2
+    assert capsys.readouterr().err == (f"ldtune: error: --output: {tmp_path / 'gone'} is a link to "
+                                       f"{tmp_path / 'no' / 'such' / 'dir'}, which does not exist\n")
+
+
+def test_a_gpu_study_on_a_cluster_without_gpu_nodes_yet_waits_for_them(ray_local, tmp_path):
+    """cluster.yaml starts with no GPU worker: the autoscaler adds them when trials wait for GPUs."""
+    gpu = tmp_path / "gpu.yaml"
+    gpu.write_text(yaml.safe_dump({**SPEC, "workload": {**SPEC["workload"], "device": "auto"}, "resources": {"gpu": 1}}))
+    with pytest.warns(UserWarning, match="no GPU node in the Ray cluster yet; trials wait until the autoscaler"):
+        assert runner.resources(study_mod.load(gpu), fixed_nodes=False) == (1.0, 1.0)
+    with pytest.raises(UserError, match="the Ray cluster has no GPU"):  # a local instance gets no more nodes
+        runner.resources(study_mod.load(gpu), fixed_nodes=True)
+    auto = tmp_path / "auto.yaml"  # GPUs left to the cluster: trials train on CPUs, and that is said
+    auto.write_text(yaml.safe_dump({**SPEC, "workload": {**SPEC["workload"], "device": "auto"}}))
+    with pytest.warns(UserWarning, match="trials train on CPUs; to wait for GPU nodes"):
+        assert runner.resources(study_mod.load(auto), fixed_nodes=False) == (2.0, 0.0)
+
+
 def test_a_trial_that_fits_no_node_exits_2_and_writes_nothing(ray_local, tmp_path, capsys):
     # 64 CPUs per trial on a 2-CPU instance: Tune would wait for them forever
     spec = tmp_path / "big.yaml"
@@ -379,5 +417,16 @@ def test_resume_with_a_changed_search_names_the_bound_and_an_added_strategy_is_a
         runner.prepare(study_mod.from_dict(changed), tmp_path, resume=True)
     assert e.value.field == "strategies.freezeout.search.t0"
     assert e.value.message.startswith("[0.5, 0.8] here, [0.5, 0.9] in the study being resumed")
+    assert e.value.message.endswith("; resume with the same spec")  # the spec gives t0's range itself
+    # a range the spec leaves to ldtune's default, saved with another default: the hint says so
+    saved = study_mod.from_dict(spec).to_dict()
+    other = next(k for k in saved["strategies"]["freezeout"]["search"] if k != "t0")
+    saved["strategies"]["freezeout"]["search"][other] = ["an older default"]
+    (tmp_path / SPEC["name"] / runner.CONFIG_FILE).write_text(yaml.safe_dump(saved))
+    with pytest.raises(UserError) as e:
+        runner.prepare(study_mod.from_dict(spec), tmp_path, resume=True)
+    assert e.value.field == f"strategies.freezeout.search.{other}"
+    assert e.value.message.endswith("; the spec gives it no range, and ldtune's default range changed since")
+    (tmp_path / SPEC["name"] / runner.CONFIG_FILE).write_text(yaml.safe_dump(study_mod.from_dict(spec).to_dict()))
     added = {**spec, "strategies": {**spec["strategies"], "stochastic_depth": {"trials": 1}}}
     assert runner.prepare(study_mod.from_dict(added), tmp_path, resume=True) == tmp_path / SPEC["name"]

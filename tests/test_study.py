@@ -111,6 +111,8 @@ BAD = [
     ({"strategies": {"depth_dropout": {"search": {"p": float("nan")}}}}, "strategies.depth_dropout.search.p"),
     ({"strategies": {"depth_dropout": {"search": {"p": [0.1, float("nan")]}}}}, "strategies.depth_dropout.search.p"),
     ({"plugins": ["no_such_module_here"]}, "plugins"),
+    ({"plugins": [""]}, "plugins"),  # not ImportErrors: importlib's ValueError and TypeError
+    ({"plugins": [".relative"]}, "plugins"),
     ({"workload": {"model": "vgg11_bn", "width": None}, "strategies": {"stochastic_depth": {"trials": 1}}},
      "strategies.stochastic_depth"),  # no residual units: one error here, not one in every trial
 ]
