@@ -13,15 +13,16 @@ class UserError(ValueError):
 def env_number(name: str, kind: type = int) -> int | float | None:
     """The number in environment variable ``name`` (None where unset or empty), at least 0; anything
     else is a UserError naming the variable."""
+    import math
     import os
     v = os.environ.get(name, "")
     if not v.strip():
         return None
     try:
-        n = kind(float(v)) if kind is not int else int(v)
+        n = int(v) if kind is int else float(v)
     except ValueError:
         n = -1
-    if n < 0:
+    if not 0 <= n < math.inf:  # NaN and inf too
         raise UserError(name, f"{v!r} is not a {'whole ' * (kind is int)}number >= 0")
     return n
 

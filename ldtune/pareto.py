@@ -54,6 +54,20 @@ _TRIALS = ["trial_id", "strategy", "model", "dataset", "epochs", "status", "test
 REQUIRED = {"trials": _TRIALS, "pareto": _TRIALS + ["front"], "epochs": ["trial_id", "epoch"]}
 
 
+def read_table(path: Path, needs, table: str):
+    """An ldtune Parquet file as an Arrow table; a truncated or foreign one, or one without the
+    columns ``needs``, is the user's to mend (exit 2, naming the file)."""
+    import pyarrow.parquet as pq
+    try:
+        t = pq.read_table(path)
+    except Exception as e:  # a truncated or foreign file
+        raise UserError(str(path), f"cannot read Parquet ({type(e).__name__}: {e})") from None
+    missing = [c for c in needs if c not in t.column_names]
+    if missing:
+        raise UserError(str(path), f"missing column {missing[0]!r}: not an ldtune {table} table")
+    return t
+
+
 def load(directory, table: str = "trials") -> pd.DataFrame:
     """Every study's ``trials`` (or ``epochs``) table under ``directory`` as one pandas frame.
 
@@ -76,13 +90,7 @@ def load(directory, table: str = "trials") -> pd.DataFrame:
         path = d / f"{table}.parquet"
         if not path.is_file():
             continue
-        try:
-            df = pd.read_parquet(path)
-        except Exception as e:  # a truncated or foreign file
-            raise UserError(str(path), f"cannot read Parquet ({type(e).__name__}: {e})") from None
-        missing = [c for c in REQUIRED[table] if c not in df.columns]
-        if missing:
-            raise UserError(str(path), f"missing column {missing[0]!r}: not an ldtune {table} table")
+        df = read_table(path, REQUIRED[table], table).to_pandas()
         if "study" not in df.columns:
             df.insert(0, "study", d.name)
         if len(d.relative_to(root).parts) > 1:

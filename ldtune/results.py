@@ -27,8 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import strategies
-from .errors import UserError
-from .pareto import fronts, load, pareto
+from .pareto import fronts, load, pareto, read_table
 
 TRIAL_COLUMNS = {  # name -> Arrow type
     "study": pa.string(), "trial_id": pa.string(), "strategy": pa.string(), "model": pa.string(),
@@ -166,24 +165,13 @@ def read_rows(study_dir: str | Path) -> tuple[list[dict], list[dict]]:
     study_dir = Path(study_dir)
     if not (study_dir / "trials.parquet").is_file():
         return [], []
-    trials = _read(study_dir / "trials.parquet", ("trial_id", "status"))
+    trials = read_table(study_dir / "trials.parquet", ("trial_id", "status"), "trials").to_pylist()
     ids = {r["trial_id"] for r in trials}
     epochs = []
     if (study_dir / "epochs.parquet").is_file():
-        epochs = [r for r in _read(study_dir / "epochs.parquet", ("trial_id",)) if r["trial_id"] in ids]
+        epochs = [r for r in read_table(study_dir / "epochs.parquet", ("trial_id",), "epochs").to_pylist()
+                  if r["trial_id"] in ids]
     return trials, epochs
-
-
-def _read(path: Path, needs: tuple[str, ...]) -> list[dict]:
-    """The rows of an ldtune Parquet file; a truncated or foreign one is the user's to mend (exit 2)."""
-    try:
-        table = pq.read_table(path)
-    except Exception as e:
-        raise UserError(str(path), f"cannot read Parquet ({type(e).__name__}: {e})") from None
-    missing = [c for c in needs if c not in table.column_names]
-    if missing:
-        raise UserError(str(path), f"missing column {missing[0]!r}: not a table ldtune wrote")
-    return table.to_pylist()
 
 
 __all__ = ["TRIAL_COLUMNS", "EPOCH_COLUMNS", "CONTRACT_HPARAMS", "FILES", "hparam_columns", "trials_schema", "derive", "write",

@@ -239,6 +239,11 @@ def _searcher_class():
     return StudySearcher
 
 
+def trial_ids(study: Study) -> set[str]:
+    """The ids of every trial in the study's budget."""
+    return {trial_id(*s) for s in slots_to_run(study, set())}
+
+
 def slots_to_run(study: Study, done: set[str]) -> list[tuple[str, int]]:
     """(strategy, k) not yet in ``done``, in their order: the baseline's first repeat (every
     speedup's reference), then the strategies round-robin with the baseline's other repeats spread
@@ -461,7 +466,7 @@ def _left(study: Study, study_dir: Path | None) -> Left:
     rows, epoch_rows = results.read_rows(study_dir) if study_dir else ([], [])
     # a failure may have been the machine's: --resume runs the study's failed trials again, with the
     # settings they failed with (a trial outside a reduced budget is kept as it was)
-    in_study = {trial_id(*s) for s in slots_to_run(study, set())}
+    in_study = trial_ids(study)
     retry = [r for r in rows if r["status"] == "error" and r["trial_id"] in in_study]
     failed = {r["trial_id"] for r in retry}
     return Left(rows=[r for r in rows if r["trial_id"] not in failed],
@@ -593,4 +598,4 @@ def baseline_noise(trials) -> list[tuple[str, int, float]]:
             for d, g in base.groupby("device_name", sort=True) if len(g) > 1]
 
 
-__all__ = ["run_study", "Outcome", "connect", "local_instance", "resources", "slots_to_run", "trial_id", "prepare"]
+__all__ = ["run_study", "Outcome", "connect", "local_instance", "resources", "slots_to_run", "trial_id", "trial_ids", "prepare"]

@@ -30,7 +30,7 @@ from . import data as data_mod
 from . import models
 from .cache import FeatureCache
 from .cost import CostTable
-from .errors import UserError
+from .errors import UserError, env_number
 from .strategies import Context, Strategy
 
 
@@ -401,7 +401,6 @@ def reuse_freed_memory() -> None:
 def set_threads() -> None:
     """Use every core for intra-op work (Ray workers default to one thread)."""
     import os
-    from .errors import env_number
     n = env_number("LDTUNE_THREADS") or os.cpu_count() or 1  # 0 or unset: every core
     torch.set_num_threads(n)
 

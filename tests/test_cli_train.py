@@ -54,7 +54,7 @@ def test_bad_input_exits_2_naming_the_field(args, field, capsys):
 
 
 @pytest.mark.parametrize("var,value", [("LDTUNE_THREADS", "abc"), ("LDTUNE_THREADS", "-3"),
-                                       ("LDTUNE_CACHE_DEVICE_BYTES", "lots")])
+                                       ("LDTUNE_CACHE_DEVICE_BYTES", "lots"), ("LDTUNE_CACHE_HOST_BYTES", "nan")])
 def test_a_bad_environment_variable_exits_2_naming_it(var, value, capsys, monkeypatch):
     monkeypatch.setenv(var, value)
     code = main(["train", "--dataset", "digits", "--width", "4", "--epochs", "2", "--strategy", "learn_drop",

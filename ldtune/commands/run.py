@@ -22,7 +22,7 @@ def configure(p) -> None:
 
 def main(a) -> int:
     from .. import study as study_mod
-    from ..runner import CONFIG_FILE, run_study, slots_to_run, trial_id
+    from ..runner import CONFIG_FILE, run_study, trial_ids
 
     study = study_mod.load(a.spec)
     resume = f"`ldtune run {shlex.quote(a.spec)} --output {shlex.quote(a.output)} --resume`"
@@ -42,7 +42,7 @@ def main(a) -> int:
           f"(ldtune pareto {a.output})")
     failed = set(outcome.trials.loc[outcome.trials["status"] == "error", "trial_id"])
     if failed:  # the study went on around them, but a script running it should know
-        kept = failed - {trial_id(*s) for s in slots_to_run(study, set())}  # outside a budget made smaller
+        kept = failed - trial_ids(study)  # outside a budget made smaller
         if not kept:
             again = f"{resume} runs them again"
         elif kept == failed:
