@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -56,6 +57,7 @@ class Outcome:
     wall_s: float  # seconds from the start of the run (Ray connection included) to its end
     trial_time_s: dict = field(default_factory=dict)  # trial_id -> seconds the trainable itself ran (this run)
     fit_time_s: dict = field(default_factory=dict)  # trial_id -> seconds of training + evaluation in it
+    trial_span: dict = field(default_factory=dict)  # trial_id -> (start, end) of the trainable, Unix seconds
     nodes: dict = field(default_factory=dict)  # trial_id -> Ray node id that ran it (this run)
     retries: int = 0  # trials Tune restarted after a worker or node died
 
@@ -315,6 +317,7 @@ def _callback_class():
                 return
             self.outcome.trial_time_s[trial.config["trial_id"]] = result.get("trial_time_s")
             self.outcome.fit_time_s[trial.config["trial_id"]] = (result.get("train_time_s") or 0) + (result.get("eval_time_s") or 0)
+            self.outcome.trial_span[trial.config["trial_id"]] = tuple(result.get("trial_span") or ())
             self.outcome.nodes[trial.config["trial_id"]] = result.get("node_id")
             self._add(trial, result)
 
@@ -573,9 +576,10 @@ def _run(study: Study, study_dir: Path, left: Left, callbacks: list, stream: Tex
               f"finished and saved", file=stream, flush=True)
     elif own:
         fit_s = sum(outcome.fit_time_s.values())
-        print(f"done: {plural(len(outcome.trial_time_s), 'trial')} in {outcome.wall_s:.1f}s wall; the trials themselves ran "
-              f"{own:.1f}s ({fit_s:.1f}s of it training and evaluation): platform overhead "
-              f"{outcome.wall_s / own - 1:+.1%}", file=stream, flush=True)
+        busy = busy_seconds(outcome.trial_span.values()) or own
+        print(f"done: {plural(len(outcome.trial_time_s), 'trial')} in {outcome.wall_s:.1f}s wall, {busy:.1f}s of it with "
+              f"a trial running; the trials themselves ran {own:.1f}s ({fit_s:.1f}s of it training and evaluation): "
+              f"platform overhead {outcome.wall_s / busy - 1:+.1%}", file=stream, flush=True)
     for device, runs, spread in baseline_noise(outcome.trials):
         print(f"baseline on {device}: {runs} runs within ±{spread:.1%} of their median training time; "
               "smaller time_saved differences are timing noise", file=stream, flush=True)
@@ -584,6 +588,17 @@ def _run(study: Study, study_dir: Path, left: Left, callbacks: list, stream: Tex
                           "runs are too short to time; time_saved is unreliable (more baseline.repeats, longer "
                           "runs, or a quiet machine)", stacklevel=2)
     return outcome
+
+
+def busy_seconds(spans) -> float:
+    """Seconds covered by at least one of the ``(start, end)`` spans: the part of a study's wall time
+    in which some trial ran. Trials that overlap (several slots, several nodes) count once, so wall
+    time over it, less one, is the platform's overhead however many trials ran at a time."""
+    busy, reach = 0.0, -math.inf
+    for start, end in sorted(s for s in spans if len(s) == 2):
+        busy += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    return busy
 
 
 NOISY = 0.10  # baseline spread (half the range over the median) above which a study's time_saved is flagged

@@ -140,6 +140,11 @@ def test_trials_on_both_nodes_and_a_dead_worker_node_is_retried(two_nodes, tmp_p
     assert set(trials["trial_id"]) == expected and trials["trial_id"].is_unique
     assert (trials["status"] == "ok").all(), trials[["trial_id", "status", "error"]]
     assert outcome.nodes[killer.killed_trial] == head_id  # its retry finished on the surviving node
+    # the two sleepy trials that met ran at once: the overhead line counts their overlap once
+    spans = list(outcome.trial_span.values())
+    assert len(spans) == len(expected)
+    busy = runner.busy_seconds(spans)
+    assert busy < sum(end - start for start, end in spans) and busy <= outcome.wall_s
     epochs = pd.read_parquet(tmp_path / "two-nodes" / "epochs.parquet")
     assert len(epochs) == 3 * len(expected) and not epochs.duplicated(["trial_id", "epoch"]).any()
 

@@ -401,6 +401,11 @@ def test_resume_after_killed_driver_gives_the_same_rows(ray_local, finished, spe
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in st.trials) >= 2
 
 
+def test_busy_seconds_counts_overlapping_trials_once():
+    assert runner.busy_seconds([(5, 6), (0, 2), (1, 3), (5.5, 5.8)]) == 4
+    assert runner.busy_seconds([(0, 1), (1, 2)]) == 2 and runner.busy_seconds([]) == 0
+
+
 def test_baseline_noise_per_device_from_two_ok_runs():
     df = pd.DataFrame({"strategy": ["baseline"] * 5 + ["freezeout"], "status": ["ok", "ok", "error", "ok", "ok", "ok"],
                        "device_name": ["cpu"] * 3 + ["cuda:H100"] * 2 + ["cpu"], "train_time_s": [9, 11, 1, 4, 4, 1]})
