@@ -190,12 +190,12 @@ def _mnist_like(name: str, root: str | None, download: bool = True):
                 _read_idx(d / "t10k-images-idx3-ubyte.gz"), _read_idx(d / "t10k-labels-idx1-ubyte.gz"))
     import torchvision
     cls = torchvision.datasets.FashionMNIST if name == "fashion_mnist" else torchvision.datasets.MNIST
-    root = _root(root)
+    r = _root(root)
     try:
-        with _no_new_empty_dirs(root):
-            tr, te = cls(root, train=True, download=download), cls(root, train=False, download=download)
+        with _no_new_empty_dirs(r):
+            tr, te = cls(r, train=True, download=download), cls(r, train=False, download=download)
     except Exception as e:  # no network and no files
-        raise UserError("data_root", f"cannot load {name} from {root}: {e}") from None
+        raise UserError(_root_field(root), f"cannot load {name} from {r}: {e}") from None
     return tr.data.numpy(), tr.targets.numpy(), te.data.numpy(), te.targets.numpy()
 
 
@@ -226,6 +226,11 @@ def _no_new_empty_dirs(root: str):
 
 def _root(root: str | None) -> str:
     return root or os.environ.get("LDTUNE_DATA", os.path.expanduser("~/.cache/ldtune/data"))
+
+
+def _root_field(root: str | None) -> str:
+    """What set the data directory, for an error to name: the field, or the environment variable."""
+    return "LDTUNE_DATA" if not root and os.environ.get("LDTUNE_DATA") else "data_root"
 
 
 def _split(x: np.ndarray, y: np.ndarray, test_frac: float, seed: int = 0):
@@ -315,7 +320,7 @@ def load(name: str, *, subset: int | None = None, seed: int = 0, device: str = "
             with _no_new_empty_dirs(r):
                 tr, te = cls(r, train=True, download=download), cls(r, train=False, download=download)
         except Exception as e:
-            raise UserError("data_root", f"cannot load {name} from {r}: {e}") from None
+            raise UserError(_root_field(root), f"cannot load {name} from {r}: {e}") from None
         arrays = _tensors(tr.data, np.array(tr.targets), te.data, np.array(te.targets))
         nc, pad, flip, default_aug = (10 if name == "cifar10" else 100), 4, True, True
     elif name == "imagenette" or name.startswith("imagefolder:"):
@@ -362,7 +367,8 @@ def _load_large(name, *, subset, seed, device, root, image_size, augment=True, d
     except UserError:
         raise
     except Exception as e:
-        raise UserError("data_root", f"cannot load {name}: {e}") from None
+        raise UserError("dataset" if name.startswith("imagefolder:") else _root_field(root),
+                        f"cannot load {name}: {e}") from None
     plain = copy.copy(tr)  # the same files, read with the test transform (both classes apply .transform)
     plain.transform = test_tf
     if subset is not None:

@@ -286,10 +286,11 @@ def check_data(study: Study, trials_here: bool = True) -> None:
     try:
         data = load_data(w, download=trials_here)
     except UserError as e:
-        if trials_here or e.field not in ("data_root", "dataset"):
-            raise UserError(f"workload.{e.field}", e.message) from None
+        field = e.field if e.field == "LDTUNE_DATA" else f"workload.{e.field}"  # an env var is no spec field
+        if trials_here or e.field not in ("data_root", "dataset", "LDTUNE_DATA"):
+            raise UserError(field, e.message) from None
         why = re.sub(r"[.;]? *You can use download=True to download it\.?", "", e.message)  # torchvision's advice
-        warnings.warn(f"workload.{e.field}: {why}; subset and test_subset are unchecked here "
+        warnings.warn(f"{field}: {why}; subset and test_subset are unchecked here "
                       "(the trials load or download the data where they run)", stacklevel=2)
         return
     held = data.test_x.shape[0] if hasattr(data, "test_x") else None

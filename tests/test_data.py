@@ -180,3 +180,20 @@ def test_an_error_message_is_one_line_whatever_the_library_said():
     e = UserError("data_root", "cannot load mnist: Error downloading x:\nTried a, got:\n  <urlopen error>\n")
     assert e.message == "cannot load mnist: Error downloading x: Tried a, got: <urlopen error>"
     assert str(e) == f"data_root: {e.message}"
+
+
+def test_data_that_cannot_load_names_what_set_its_directory(tmp_path, monkeypatch):
+    """The directory came from --data-root / workload.data_root, or from LDTUNE_DATA: the error says which."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("LDTUNE_DATA", str(empty))
+    with pytest.raises(UserError) as e:
+        data.load("cifar10", download=False)
+    assert e.value.field == "LDTUNE_DATA" and str(empty) in e.value.message
+    with pytest.raises(UserError) as e:
+        data.load("cifar10", root=str(empty), download=False)
+    assert e.value.field == "data_root"
+    monkeypatch.delenv("LDTUNE_DATA")
+    with pytest.raises(UserError) as e:
+        data.load(f"imagefolder:{empty}")
+    assert e.value.field == "dataset"
