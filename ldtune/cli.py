@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         mod.configure(sp)
         sp.set_defaults(_main=mod.main)
+        if getattr(mod, "FIELDS_ARE_FLAGS", False):  # its errors' bare field names are its flags' dests
+            sp.set_defaults(_flags={a.dest: a.option_strings[0] for a in sp._actions if a.option_strings})
     return p
 
 
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         check_env()  # before anything runs: a bad one would otherwise fail mid-run, or in every trial
         return int(args._main(args) or 0)
     except UserError as e:
-        sys.stderr.write(f"ldtune: error: {e.field}: {e.message}\n")
+        field = getattr(args, "_flags", {}).get(e.field, e.field)  # `--batch-size`, not `batch_size`
+        sys.stderr.write(f"ldtune: error: {field}: {e.message}\n")
         return 2
     except FileNotFoundError as e:
         sys.stderr.write(f"ldtune: error: {e.filename or e}: no such file\n")

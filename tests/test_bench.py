@@ -106,10 +106,13 @@ def test_table_marks_time_savings_within_the_baselines_spread():
     (["--strategies", "freezeout", "--set", "depth_dropout.p=0.5"], "--set"),
     (["--strategies", "freezeout", "--set", "t0=0.5"], "--set"),
     (["--strategies", "freezeout", "--set", "freezeout.t0=7"], "freezeout.t0"),
-    (["--strategies", "freezeout", "--repeats", "0"], "repeats"),
-    (["--strategies", "freezeout", "--interleave", "batch"], "interleave"),
-    (["--strategies", "freezeout", "--model", "resnet7"], "model"),
-    (["--strategies", "freezeout", "--model", "vgg11_bn"], "width"),  # TINY's --width 4 means nothing to a VGG
+    (["--strategies", "freezeout", "--repeats", "0"], "--repeats"),
+    (["--strategies", "freezeout", "--interleave", "batch"], "--interleave"),
+    (["--strategies", "freezeout", "--model", "resnet7"], "--model"),
+    (["--strategies", "freezeout", "--model", "vgg11_bn"], "--width"),  # TINY's --width 4 means nothing to a VGG
+    (["--strategies", "freezeout", "--test-subset", "-1"], "--test-subset"),
+    (["--strategies", "freezeout", "--threads", "-1"], "--threads"),
+    (["--strategies", "freezeout", "--subset", "3"], "--batch-size"),  # TINY's batch is larger than 3 images
 ])
 def test_bench_bad_input_exits_2_naming_the_field(args, field, capsys, one_thread):
     rc = cli.main(["bench", *TINY, *args])

@@ -30,16 +30,16 @@ def test_train_evaluates_on_a_test_subset(capsys):
 
 
 @pytest.mark.parametrize("args,field", [
-    (["--model", "resnet21"], "model"),
-    (["--dataset", "svhn"], "dataset"),
-    (["--strategy", "dropall"], "strategy"),
+    (["--model", "resnet21"], "--model"),
+    (["--dataset", "svhn"], "--dataset"),
+    (["--strategy", "dropall"], "--strategy"),
     (["--set", "nosuchkey=1"], "baseline.nosuchkey"),
-    (["--epochs", "0"], "epochs"),
-    (["--schedule", "linear"], "schedule"),
-    (["--data-root", "/nonexistent/dir"], "data_root"),
-    (["--subset", "999999"], "subset"),
-    (["--model", "resnet18"], "width"),  # --width 4 sets a CIFAR ResNet's channels only
-    (["--subset", "100", "--batch-size", "128"], "batch_size"),
+    (["--epochs", "0"], "--epochs"),
+    (["--schedule", "linear"], "--schedule"),
+    (["--data-root", "/nonexistent/dir"], "--data-root"),
+    (["--subset", "999999"], "--subset"),
+    (["--model", "resnet18"], "--width"),  # --width 4 sets a CIFAR ResNet's channels only
+    (["--subset", "100", "--batch-size", "128"], "--batch-size"),
     # found once the net and data are there, before the first step
     (["--subset", "64", "--epochs", "2", "--strategy", "layerdropback", "--set", "kappa=8", "--set", "s=1"],
      "layerdropback.kappa"),

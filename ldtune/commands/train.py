@@ -9,6 +9,8 @@ import yaml
 
 from ..errors import UserError
 
+FIELDS_ARE_FLAGS = True  # a workload field's error names the flag that set it (cli)
+
 
 def add_workload_args(p, epochs: int = 3) -> None:
     """Workload flags shared by ``train`` and ``bench``."""
