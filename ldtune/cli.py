@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as e:
         sys.stderr.write(f"ldtune: error: {e.filename or e}: no such file\n")
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before a command's own handling (importing torch takes seconds)
+        sys.stderr.write("ldtune: interrupted\n")
+        return 130
     finally:
         warnings.showwarning = shown
 

@@ -125,6 +125,18 @@ def _merge(base: dict, change: dict) -> dict:
     return out
 
 
+def test_ctrl_c_before_a_command_has_started_is_exit_130_in_one_line(tmp_path, capsys, monkeypatch):
+    """A real SIGINT while the spec is read (here from a plugin being imported; for a user, importing
+    torch takes seconds): one line and 130, no traceback, nothing written."""
+    (tmp_path / "ldtune_test_ctrl_c.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({**GOOD, "plugins": ["ldtune_test_ctrl_c"]}))
+    assert cli.main(["run", str(spec), "--output", str(tmp_path / "results")]) == 130
+    assert capsys.readouterr().err == "ldtune: interrupted\n"
+    assert not (tmp_path / "results").exists()
+
+
 @pytest.mark.parametrize("change,field", BAD, ids=[f for _, f in BAD])
 def test_bad_spec_exits_2_naming_the_field_and_writes_nothing(tmp_path, capsys, change, field):
     spec = tmp_path / "bad.yaml"
