@@ -28,8 +28,10 @@ import dataclasses
 import logging
 import math
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -564,7 +566,12 @@ def _run(study: Study, study_dir: Path, left: Left, callbacks: list, stream: Tex
         logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)  # its Ctrl-C advice is Tuner.restore; ours is --resume
         logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
         logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.CRITICAL)
-        tuner.fit()
+        sigint = signal.getsignal(signal.SIGINT)
+        try:
+            tuner.fit()
+        finally:  # Tune leaves its own handler installed, which would swallow the caller's next Ctrl-C
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, sigint)
     outcome.trials = standing.write(study_dir, rows, epoch_rows)
     done = {r["trial_id"] for r in rows}
     outcome.interrupted = any(trial_id(*s) not in done for s in slots)

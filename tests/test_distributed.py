@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 from pathlib import Path
 
 import jsonschema
@@ -128,7 +129,9 @@ def test_trials_on_both_nodes_and_a_dead_worker_node_is_retried(two_nodes, tmp_p
         "plugins": ["ldtune_test_sleepy"],
     })
     killer = KillWorkerMidTrial(cluster, worker)
+    sigint = signal.getsignal(signal.SIGINT)
     outcome = runner.run_study(spec, tmp_path, callbacks=[killer])
+    assert signal.getsignal(signal.SIGINT) is sigint  # Tune's handler would swallow the caller's next Ctrl-C
     head_id = cluster.head_node.node_id
 
     assert killer.killed_trial is not None, "the worker node never ran a trial"

@@ -128,11 +128,17 @@ def _merge(base: dict, change: dict) -> dict:
 def test_ctrl_c_before_a_command_has_started_is_exit_130_in_one_line(tmp_path, capsys, monkeypatch):
     """A real SIGINT while the spec is read (here from a plugin being imported; for a user, importing
     torch takes seconds): one line and 130, no traceback, nothing written."""
+    import signal
     (tmp_path / "ldtune_test_ctrl_c.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGINT)\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({**GOOD, "plugins": ["ldtune_test_ctrl_c"]}))
-    assert cli.main(["run", str(spec), "--output", str(tmp_path / "results")]) == 130
+    # Python's own handler, as in a fresh `ldtune` process (an earlier test's Ray may have left its own)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        assert cli.main(["run", str(spec), "--output", str(tmp_path / "results")]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert capsys.readouterr().err == "ldtune: interrupted\n"
     assert not (tmp_path / "results").exists()
 
