@@ -190,12 +190,7 @@ def _mnist_like(name: str, root: str | None, download: bool = True):
                 _read_idx(d / "t10k-images-idx3-ubyte.gz"), _read_idx(d / "t10k-labels-idx1-ubyte.gz"))
     import torchvision
     cls = torchvision.datasets.FashionMNIST if name == "fashion_mnist" else torchvision.datasets.MNIST
-    r = _root(root)
-    try:
-        with _no_new_empty_dirs(r):
-            tr, te = cls(r, train=True, download=download), cls(r, train=False, download=download)
-    except Exception as e:  # no network and no files
-        raise UserError(_root_field(root), f"cannot load {name} from {r}: {e}") from None
+    tr, te = _train_test(cls, name, root, download)
     return tr.data.numpy(), tr.targets.numpy(), te.data.numpy(), te.targets.numpy()
 
 
@@ -231,6 +226,17 @@ def _root(root: str | None) -> str:
 def _root_field(root: str | None) -> str:
     """What set the data directory, for an error to name: the field, or the environment variable."""
     return "LDTUNE_DATA" if not root and os.environ.get("LDTUNE_DATA") else "data_root"
+
+
+def _train_test(cls, name: str, root: str | None, download: bool):
+    """A torchvision dataset class's train and test sets under ``root``; where they can't be had (no
+    network and no files), a UserError naming what set the directory, and no empty folders left."""
+    r = _root(root)
+    try:
+        with _no_new_empty_dirs(r):
+            return cls(r, train=True, download=download), cls(r, train=False, download=download)
+    except Exception as e:
+        raise UserError(_root_field(root), f"cannot load {name} from {r}: {e}") from None
 
 
 def _split(x: np.ndarray, y: np.ndarray, test_frac: float, seed: int = 0):
@@ -315,12 +321,7 @@ def load(name: str, *, subset: int | None = None, seed: int = 0, device: str = "
     elif name in ("cifar10", "cifar100"):
         import torchvision
         cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-        r = _root(root)
-        try:
-            with _no_new_empty_dirs(r):
-                tr, te = cls(r, train=True, download=download), cls(r, train=False, download=download)
-        except Exception as e:
-            raise UserError(_root_field(root), f"cannot load {name} from {r}: {e}") from None
+        tr, te = _train_test(cls, name, root, download)
         arrays = _tensors(tr.data, np.array(tr.targets), te.data, np.array(te.targets))
         nc, pad, flip, default_aug = (10 if name == "cifar10" else 100), 4, True, True
     elif name == "imagenette" or name.startswith("imagefolder:"):

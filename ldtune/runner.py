@@ -319,7 +319,7 @@ def _callback_class():
                 return
             self.outcome.trial_time_s[trial.config["trial_id"]] = result.get("trial_time_s")
             self.outcome.fit_time_s[trial.config["trial_id"]] = (result.get("train_time_s") or 0) + (result.get("eval_time_s") or 0)
-            self.outcome.trial_span[trial.config["trial_id"]] = tuple(result.get("trial_span") or ())
+            self.outcome.trial_span[trial.config["trial_id"]] = tuple(result["trial_span"])
             self.outcome.nodes[trial.config["trial_id"]] = result.get("node_id")
             self._add(trial, result)
 
@@ -583,7 +583,7 @@ def _run(study: Study, study_dir: Path, left: Left, callbacks: list, stream: Tex
               f"finished and saved", file=stream, flush=True)
     elif own:
         fit_s = sum(outcome.fit_time_s.values())
-        busy = busy_seconds(outcome.trial_span.values()) or own
+        busy = busy_seconds(outcome.trial_span.values())
         print(f"done: {plural(len(outcome.trial_time_s), 'trial')} in {outcome.wall_s:.1f}s wall, {busy:.1f}s of it with "
               f"a trial running; the trials themselves ran {own:.1f}s ({fit_s:.1f}s of it training and evaluation): "
               f"platform overhead {outcome.wall_s / busy - 1:+.1%}", file=stream, flush=True)
@@ -602,7 +602,7 @@ def busy_seconds(spans) -> float:
     in which some trial ran. Trials that overlap (several slots, several nodes) count once, so wall
     time over it, less one, is the platform's overhead however many trials ran at a time."""
     busy, reach = 0.0, -math.inf
-    for start, end in sorted(s for s in spans if len(s) == 2):
+    for start, end in sorted(spans):
         busy += max(0.0, end - max(start, reach))
         reach = max(reach, end)
     return busy

@@ -13,9 +13,9 @@ import json
 import sys
 
 from ..errors import UserError
+from .train import add_workload_args, parse_sets, workload_from_args
 
 FIELDS_ARE_FLAGS = True  # a workload field's error names the flag that set it (cli)
-from .train import add_workload_args, parse_sets, workload_from_args
 
 
 def configure(p) -> None:
