@@ -72,9 +72,10 @@ def load(directory, table: str = "trials") -> pd.DataFrame:
     """Every study's ``trials`` (or ``epochs``) table under ``directory`` as one pandas frame.
 
     ``directory`` is a results directory (``DIR/<study>/trials.parquet``, at any depth: the demo's
-    ``results/demo-<time>/quickstart`` too) or one study's own directory. Rows get a ``study``
-    column (the directory name) where the file has none; a study found deeper than
-    ``DIR/<study>`` is named by its path under DIR, so two runs of one spec stay apart.
+    ``results/demo-<time>/quickstart`` too) or one study's own directory. A study is named by its
+    directory: its path under DIR (``quickstart``, ``demo-1/quickstart``), or its own name when DIR is
+    that study. So two runs of one spec, or a renamed copy of a study, stay apart: their trial ids
+    repeat, and each has its own baseline.
     """
     if table not in ("trials", "epochs", "pareto"):
         raise UserError("table", f"must be trials, epochs or pareto, got {table!r}")
@@ -91,10 +92,9 @@ def load(directory, table: str = "trials") -> pd.DataFrame:
         if not path.is_file():
             continue
         df = read_table(path, REQUIRED[table], table).to_pandas()
-        if "study" not in df.columns:
-            df.insert(0, "study", d.name)
-        if len(d.relative_to(root).parts) > 1:
-            df["study"] = d.relative_to(root).as_posix()
+        if "study" in df.columns:
+            df = df.drop(columns="study")
+        df.insert(0, "study", d.name if d == root else d.relative_to(root).as_posix())
         frames.append(df)
     if not frames:
         raise UserError(str(root), f"no {table}.parquet in any study directory")
@@ -125,9 +125,11 @@ def _check_filter(df: pd.DataFrame, column: str, value: str | None, flag: str) -
     return df[df[column] == value]
 
 
-def pareto(df: pd.DataFrame, by=("model", "dataset"), *, model: str | None = None, dataset: str | None = None,
+def pareto(df: pd.DataFrame, by=GROUP_KEYS, *, model: str | None = None, dataset: str | None = None,
            strategy: str | None = None, max_accuracy_drop: float | None = None) -> pd.DataFrame:
-    """The fronts of the ``ok`` trials in ``df``, per group of ``by`` (columns that exist).
+    """The fronts of the ``ok`` trials in ``df``, per group of ``by`` (columns that exist): per study,
+    model and dataset by default, as ``time_saved`` and ``accuracy_delta`` are against each study's
+    own baseline (``by=("model", "dataset")`` pools studies of one workload, at the caller's word).
 
     Returns the front rows with a ``front`` column: the strategy name for that strategy's own
     front, ``all`` for the global front of the group (a row on both appears twice). Filters:

@@ -1,6 +1,6 @@
 """Figures of study results (seaborn on matplotlib's Agg backend: no display needed).
 
-``plot(DIR, out)`` writes ``out``: one row of three panels per (model, dataset):
+``plot(DIR, out)`` writes ``out``: one row of three panels per (study, model, dataset):
 
 1. test accuracy vs time saved, one colour per strategy, every ``ok`` trial as a dot, each
    strategy's Pareto front as a step line, the global front as a black dashed step with its
@@ -11,7 +11,7 @@
 3. active (trained) blocks per epoch, likewise.
 
 Learn&Drop's layer scores P_l per epoch (the paper's Fig. 1/3) go to a second file next to
-``out``, ``<stem>_layer_scores.<suffix>``: for each (model, dataset), the ``learn_drop`` trial that
+``out``, ``<stem>_layer_scores.<suffix>``: for each (study, model, dataset), the ``learn_drop`` trial that
 saved the most time (or, without learn_drop trials, any trial whose epochs carry ``layer_scores``,
 e.g. ``freezing``), one curve per block coloured by depth, dotted lines where blocks left training.
 """
@@ -31,7 +31,7 @@ import seaborn as sns  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .pareto import load, nondominated  # noqa: E402
 
-GROUP = ["model", "dataset"]
+GROUP = ["study", "model", "dataset"]  # one row of panels each: time saved is against the study's baseline
 ZOOM_PP = 15  # the trade-off panel shows accuracy down to this many points below the worst baseline
 
 
@@ -104,9 +104,12 @@ def plot(directory, out) -> list[Path]:
     if not out.parent.is_dir():
         raise UserError("-o", f"{out.parent}: {'a file, not a directory' if out.parent.exists() else 'no such directory'}")
     trials = load(directory)
-    ok = trials[trials["status"] == "ok"].dropna(subset=["test_accuracy", "time_saved"])
+    ok = trials[trials["status"] == "ok"]
     if not len(ok):
         raise UserError(str(directory), "no trial finished ok: nothing to plot")
+    ok = ok.dropna(subset=["test_accuracy", "time_saved"])
+    if not len(ok):  # time saved is against the study's ok baselines
+        raise UserError(str(directory), "no baseline trial finished ok, so no time saved is known: nothing to plot")
     epochs = _epochs_with_trials(directory, trials)
     if epochs is not None:
         epochs = epochs[epochs["status"] == "ok"]
@@ -114,10 +117,11 @@ def plot(directory, out) -> list[Path]:
     groups = list(ok.groupby(GROUP, sort=True))
     sns.set_theme(style="whitegrid", context="paper")
     fig, axes = plt.subplots(len(groups), 3, figsize=(16, 4.6 * len(groups)), squeeze=False)
-    for row, ((model, dataset), g) in zip(axes, groups):
+    for row, ((study, model, dataset), g) in zip(axes, groups):
         _tradeoff_panel(row[0], g, colors)
-        row[0].set_title(f"{model} / {dataset}: accuracy vs time saved ({len(g)} trials)")
-        e = None if epochs is None else epochs[(epochs["model"] == model) & (epochs["dataset"] == dataset)]
+        row[0].set_title(f"{study}: {model} / {dataset}: accuracy vs time saved ({len(g)} trials)")
+        e = None if epochs is None else epochs[(epochs["study"] == study) & (epochs["model"] == model)
+                                               & (epochs["dataset"] == dataset)]
         _epoch_panel(row[1], e, "epoch_time_s", "training time per epoch (s)", colors)
         row[1].set_title("time per epoch (mean ± sd over trials)")
         _epoch_panel(row[2], e, "active_blocks", "active (trained) blocks", colors)
@@ -139,7 +143,7 @@ def _layer_scores_figure(epochs: pd.DataFrame, out: Path) -> bool:
     if not len(has):
         return False
     picks = []
-    for (model, dataset), g in has.groupby(GROUP, sort=True):
+    for (_, model, dataset), g in has.groupby(GROUP, sort=True):
         pref = g[g["strategy"] == "learn_drop"] if (g["strategy"] == "learn_drop").any() else g
         best = pref.sort_values(["time_saved", "trial_id"], ascending=[False, True]).iloc[0]
         picks.append((model, dataset, g[(g["study"] == best["study"]) & (g["trial_id"] == best["trial_id"])]))

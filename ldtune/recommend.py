@@ -73,6 +73,19 @@ class Recommendation:
     def worst_delta(self) -> float:
         return float(self.per_dataset["accuracy_delta"].min())
 
+    def config_text(self) -> str:
+        """``config`` as tables print it: ``warmup_fraction=0.6 scale_lr=true`` (a value that is
+        not a fraction of training as the strategy takes it; categories are held as text)."""
+        from .strategies import REGISTRY
+        specs = REGISTRY[self.strategy].hparams if self.strategy in REGISTRY else {}
+        parts = []
+        for d in self.dims:
+            v = self.config[d.column]
+            if not d.per_epoch and d.name in specs:
+                v = specs[d.name].check(d.name, v, self.strategy)
+            parts.append(f"{d.column}={format_value(v)}")
+        return " ".join(parts)
+
     def hparams(self, epochs: int) -> dict:
         """The strategy's own hyperparameters for a run of ``epochs`` epochs (a fraction of training
         becomes whole epochs, at least the hyperparameter's lower bound and at most the largest
@@ -268,7 +281,7 @@ def evaluate(trials: pd.DataFrame, max_accuracy_drop: float = DEFAULT_DROP, band
                 inside = e_own[within_drop(e_own["accuracy_delta"], max_accuracy_drop)]
                 best = max(float(inside["time_saved"].max()) if len(inside) else 0.0, 0.0)
                 rows.append(dict(model=model, held_out=held_out, strategy=r.strategy,
-                                 config=" ".join(f"{k}={format_value(v)}" for k, v in r.config.items()),
+                                 config=r.config_text(),
                                  accuracy_delta=float(e["accuracy_delta"]), time_saved=float(e["time_saved"]),
                                  best_time_saved=best, regret=best - float(e["time_saved"]),
                                  held=bool(within_drop(e["accuracy_delta"], max_accuracy_drop))))

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 from . import strategies
 from .pareto import fronts, load, pareto, read_table
+from .text import is_missing
 
 TRIAL_COLUMNS = {  # name -> Arrow type
     "study": pa.string(), "trial_id": pa.string(), "strategy": pa.string(), "model": pa.string(),
@@ -105,7 +106,7 @@ def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     cols = {}
     for f in schema:
         vals = [r.get(f.name) for r in rows]
-        vals = [None if _missing(v) else v for v in vals]
+        vals = [None if is_missing(v) else v for v in vals]
         if pa.types.is_string(f.type):
             vals = [None if v is None else str(v) for v in vals]
         elif pa.types.is_integer(f.type):
@@ -114,10 +115,6 @@ def _table(rows: list[dict], schema: pa.Schema) -> pa.Table:
             vals = [None if v is None else float(v) for v in vals]
         cols[f.name] = pa.array(vals, type=f.type)
     return pa.table(cols, schema=schema)
-
-
-def _missing(v) -> bool:
-    return v is None or isinstance(v, float) and v != v
 
 
 def epochs_table(records: list[dict]) -> pa.Table:

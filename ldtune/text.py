@@ -9,3 +9,27 @@ def plural(n: int, noun: str) -> str:
 def subset_text(subset: int | None) -> str:
     """How a workload's ``subset`` reads in a heading: ``subset 2048``, or ``all images``."""
     return "all images" if subset is None else f"subset {subset}"
+
+
+def is_missing(v) -> bool:
+    """None, a float NaN (NumPy's too) or pandas' NA: a cell with no value."""
+    return v is None or v is _na() or isinstance(v, float) and v != v
+
+
+def json_value(v):
+    """A table cell as JSON holds it: a missing value as null, a NumPy scalar as its Python value
+    (``json.dumps`` would write NaN, which is not JSON)."""
+    return None if is_missing(v) else v.item() if hasattr(v, "item") else v
+
+
+def json_records(records) -> list[dict]:
+    """Records (``DataFrame.to_dict("records")``) with every cell as :func:`json_value` makes it."""
+    return [{k: json_value(v) for k, v in r.items()} for r in records]
+
+
+def _na():
+    try:
+        import pandas as pd
+    except ImportError:  # `ldtune train` and `bench` run where only PyTorch is installed
+        return None
+    return pd.NA

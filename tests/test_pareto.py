@@ -122,11 +122,16 @@ def run_cli(capsys, *argv):
 
 
 GOLDEN_ALL = """\
-resnet20 / digits: global front (1 trial)
+other: resnet20 / digits, global front (1 trial)
 strategy       hyperparameters  accuracy %  acc delta pp  time saved %  FLOPs saved %
 depth_dropout  p=0.25                97.00        +12.00           5.0           10.0
 
-resnet20 / fashion_mnist: global front (4 trials)
+other: resnet20 / fashion_mnist, global front (2 trials)
+strategy   hyperparameters                        accuracy %  acc delta pp  time saved %  FLOPs saved %
+baseline   -                                           85.00         +0.00           0.0            0.0
+freezeout  t0=0.8 schedule=linear scale_lr=false       84.00         -1.00          15.0           20.0
+
+quick: resnet20 / fashion_mnist, global front (4 trials)
 strategy       hyperparameters                  accuracy %  acc delta pp  time saved %  FLOPs saved %
 baseline       -                                     86.00         +1.00          -1.0            0.0
 freezing       warmup_epochs=2                       85.00         +0.00          10.0           12.0
@@ -143,37 +148,92 @@ def test_cli_table_golden(results, capsys):
 
 def test_cli_by_strategy_and_filters(results, capsys):
     code, out, _ = run_cli(capsys, "pareto", str(results), "--by", "strategy", "--dataset", "fashion_mnist",
-                           "--max-accuracy-drop", "1")
+                           "--max-accuracy-drop", "1", "--study", "quick")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0] == "resnet20 / fashion_mnist: front of each strategy (6 trials)"
+    assert lines[0] == "quick: resnet20 / fashion_mnist, front of each strategy (4 trials)"
     rows = [ln.split()[:2] for ln in lines[2:]]
-    # baseline: b1 (0.86, -0.01) and b0 (0.85, 0.0) trade off, and b0 of study "other" duplicates b0;
-    # z1, f3 (2 pp down) and l1 (5 pp down) are over the limit
-    assert rows == [["baseline", "-"]] * 3 + [["freezeout", "t0=0.8"], ["freezing", "warmup_epochs=2"],
-                                              ["freezing", "warmup_epochs=1"]]
+    # baseline: b1 (0.86, -0.01) and b0 (0.85, 0.0) trade off; z1, f3 (2 pp down) and l1 (5 pp down)
+    # are over the limit; study "other" is filtered out
+    assert rows == [["baseline", "-"]] * 2 + [["freezing", "warmup_epochs=2"], ["freezing", "warmup_epochs=1"]]
     code, out, _ = run_cli(capsys, "pareto", str(results), "--strategy", "freezing", "--format", "csv")
     df = pd.read_csv(io.StringIO(out))
     assert code == 0 and set(df["trial_id"]) == {"f1", "f2"} and set(df["front"]) == {"all"}
+    assert list(df.columns[:3]) == ["study", "model", "dataset"] and set(df["study"]) == {"quick"}
     code, out, _ = run_cli(capsys, "pareto", str(results), "--strategy", "freezing")
-    assert code == 0 and out.splitlines()[0] == "resnet20 / fashion_mnist: front of freezing (2 trials)"
+    assert code == 0 and out.splitlines()[0] == "quick: resnet20 / fashion_mnist, front of freezing (2 trials)"
+
+
+def test_cli_keeps_studies_apart_each_against_its_own_baseline(tmp_path, capsys):
+    """Two studies of one model and dataset on different subsets: their accuracies do not compare,
+    and each one's time saved is against its own baseline, so each gets its own front."""
+    write_study(tmp_path, "small", [trial("b0", "baseline", 0.70, 0.0, 0.0, study="small"),
+                                    trial("f1", "freezing", 0.69, 0.20, 0.25, study="small", warmup_epochs=1)])
+    write_study(tmp_path, "large", [trial("b0", "baseline", 0.90, 0.0, 0.0, study="large"),
+                                    trial("f1", "freezing", 0.89, 0.10, 0.12, study="large", warmup_epochs=1)])
+    code, out, err = run_cli(capsys, "pareto", str(tmp_path), "--format", "json")
+    got = sorted((r["study"], r["trial_id"]) for r in json.loads(out))
+    # pooled, small's baseline would fall off the front, beaten by large's on the very same terms
+    assert (code, err) == (0, "") and got == [("large", "b0"), ("large", "f1"), ("small", "b0"), ("small", "f1")]
+    pooled = pareto(load(tmp_path), by=("model", "dataset"))  # at the caller's word: one front across both
+    top = pooled[pooled["front"] == "all"]
+    assert sorted(top["study"] + "/" + top["trial_id"]) == ["large/b0", "large/f1", "small/f1"]
+
+
+def test_a_renamed_copy_of_a_study_is_a_study_of_its_own(tmp_path, capsys):
+    """The folder names the study: a copy kept under a new name (its trials.parquet still saying
+    "quick") is not merged into the original, and its epochs join its own trials only."""
+    rows = [trial("b0", "baseline", 0.85, 0.0, 0.0), trial("f1", "freezing", 0.84, 0.20, 0.25, warmup_epochs=1)]
+    write_study(tmp_path, "quick", rows)
+    write_study(tmp_path, "quick-old", rows)
+    trials, epochs = load(tmp_path), load(tmp_path, "epochs")
+    assert sorted(set(trials["study"])) == sorted(set(epochs["study"])) == ["quick", "quick-old"]
+    assert len(trials) == 4 and len(epochs) == 8
+    assert set(load(tmp_path / "quick-old")["study"]) == {"quick-old"}
+    from ldtune.plots import _epochs_with_trials
+    assert len(_epochs_with_trials(tmp_path, trials)) == 8  # (study, trial_id) is a key: no row doubled
+    code, out, _ = run_cli(capsys, "pareto", str(tmp_path))
+    assert code == 0 and [ln for ln in out.splitlines() if "front" in ln] == [
+        "quick: resnet20 / fashion_mnist, global front (2 trials)",
+        "quick-old: resnet20 / fashion_mnist, global front (2 trials)"]
+
+
+def test_a_study_without_an_ok_baseline_says_so(results, tmp_path, capsys):
+    """Time saved is measured against the study's ok baselines: with none, the study has no front,
+    and every reader says why (not "no trial finished ok", which is false)."""
+    write_study(results, "nobase", [trial("b0", "baseline", 0.85, float("nan"), 0.0, study="nobase", status="error"),
+                                    trial("f1", "freezing", 0.84, float("nan"), 0.25, study="nobase", warmup_epochs=1)])
+    note = ("nobase: resnet20 / fashion_mnist: no front: its 1 baseline trial did not finish ok, "
+            "and time saved is measured against the baseline")
+    code, out, err = run_cli(capsys, "pareto", str(results))
+    assert (code, err) == (0, "") and out == GOLDEN_ALL + "\n" + note + "\n"
+    code, out, err = run_cli(capsys, "pareto", str(results), "--format", "csv")
+    assert code == 0 and err == f"ldtune: note: {note}\n" and "nobase" not in out
+    code, out, err = run_cli(capsys, "pareto", str(results), "--study", "nobase")
+    assert (code, out, err) == (0, note + "\n", "")
+    code, out, err = run_cli(capsys, "plot", str(results / "nobase"), "-o", str(tmp_path / "x.png"))
+    assert (code, out) == (2, "") and err == (f"ldtune: error: {results / 'nobase'}: no baseline trial finished ok, "
+                                              "so no time saved is known: nothing to plot\n")
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_cli_json_reads_back(results, capsys):
     code, out, _ = run_cli(capsys, "pareto", str(results), "--format", "json", "--by", "strategy")
     recs = json.loads(out)
     assert code == 0
-    got = {(r["dataset"], r["front"], r["trial_id"]) for r in recs}
-    assert got == {("digits", "baseline", "m0"), ("digits", "depth_dropout", "m1"),
-                   ("fashion_mnist", "baseline", "b0"), ("fashion_mnist", "baseline", "b1"),
-                   ("fashion_mnist", "freezing", "f1"), ("fashion_mnist", "freezing", "f2"),
-                   ("fashion_mnist", "freezeout", "z2"), ("fashion_mnist", "layerdropback", "l1")}
+    got = {(r["study"], r["dataset"], r["front"], r["trial_id"]) for r in recs}
+    assert got == {("other", "digits", "baseline", "m0"), ("other", "digits", "depth_dropout", "m1"),
+                   ("other", "fashion_mnist", "baseline", "b0"), ("other", "fashion_mnist", "freezeout", "z2"),
+                   ("quick", "fashion_mnist", "baseline", "b0"), ("quick", "fashion_mnist", "baseline", "b1"),
+                   ("quick", "fashion_mnist", "freezing", "f1"), ("quick", "fashion_mnist", "freezing", "f2"),
+                   ("quick", "fashion_mnist", "freezeout", "z1"), ("quick", "fashion_mnist", "layerdropback", "l1")}
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--model", "vgg11_bn"], "ldtune: error: --model: no trials with model 'vgg11_bn' (present: resnet20)\n"),
     (["--strategy", "nope"], "ldtune: error: --strategy: no trials with strategy 'nope'"),
     (["--dataset", "cifar10"], "ldtune: error: --dataset: no trials with dataset 'cifar10'"),
+    (["--study", "quik"], "ldtune: error: --study: no trials with study 'quik' (present: other, quick)\n"),
     (["--max-accuracy-drop", "-1"], "ldtune: error: --max-accuracy-drop: must be"),
     (["--max-accuracy-drop", "nan"], "ldtune: error: --max-accuracy-drop: must be"),
 ])
@@ -230,7 +290,7 @@ def test_load_and_fronts_api(results):
     assert set(quick.loc[quick["front"] == "all", "trial_id"]) == {"b1", "f2", "f1", "l1"}
     assert set(quick.loc[quick["front"] == "freezeout", "trial_id"]) == {"z1"}
     assert "l2" not in set(pf["trial_id"])
-    pooled = pareto(trials)  # across studies, per (model, dataset): z2 (other) beats z1 (quick)
+    pooled = pareto(trials, by=("model", "dataset"))  # pooled across studies: z2 (other) beats z1 (quick)
     assert set(pooled.loc[(pooled["front"] == "freezeout"), "trial_id"]) == {"z2"}
     dup = pareto(pd.concat([trials, trials]), by=("model", "dataset"), dataset="digits")
     assert sorted(dup.loc[dup["front"] == "all", "trial_id"]) == ["m1", "m1"]  # m1 dominates m0 (same accuracy, saves more)

@@ -148,6 +148,8 @@ def test_cli_prints_a_valid_spec_snippet(results, tmp_path, capsys):
     assert strategies["freezeout"]["search"] == {"t0": 0.7, "schedule": "cubic", "scale_lr": True}
     assert snippet["workload"] == {"model": "resnet20", "dataset": "cifar10", "epochs": 30}
     assert "# freezing: warmup_fraction=0.6 -> warmup_epochs=18 at 30 epochs; held on every dataset" in out
+    assert "# freezeout: t0=0.7 schedule=cubic scale_lr=true; held" in out  # true as YAML writes it, not True
+    assert "for cifar10, from 3 dataset(s)" in out
     (tmp_path / "rec.yaml").write_text(out)
     assert cli(["validate", str(tmp_path / "rec.yaml")]) == 0  # the study runner accepts it as it is
     assert capsys.readouterr().out.endswith("rec.yaml: ok\n")
@@ -173,6 +175,20 @@ def test_cli_evaluate_table_shows_no_regret_where_the_limit_never_held(results, 
     assert summary[0].split() == ["strategy", "held-out", "datasets", "limit", "held", "mean", "regret", "where",
                                   "held", "max", "regret", "where", "held"]
     assert {tuple(line.split()[2:]) for line in summary[1:]} == {("0/3", "-", "-")}
+    # as JSON, the regret that does not exist is null (NaN is not JSON)
+    assert cli(["recommend", "--evaluate", str(results), "--max-accuracy-drop", "0.05", "--format", "json"]) == 0
+
+    def refuse(name):
+        raise ValueError(f"{name} in the JSON")
+    recs = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert {r["mean_regret"] for r in recs["summary"]} == {None}
+
+
+def test_cli_a_recommendation_says_the_printed_dataset_is_a_placeholder(results, capsys):
+    assert cli(["recommend", str(results), "--model", "resnet20"]) == 0
+    out = capsys.readouterr().out
+    dataset = yaml.safe_load(out)["workload"]["dataset"]
+    assert f"for a new dataset (the spec below names {dataset}: set workload.dataset to yours)" in out
 
 
 def test_cli_confirm_runs_a_short_study_on_the_new_dataset(results, tmp_path, capsys):
@@ -218,6 +234,9 @@ def test_cli_confirm_runs_a_short_study_on_the_new_dataset(results, tmp_path, ca
     (["--model", "resnet20", "--strategy", "nope"], "ldtune: error: --strategy: no recommendation for 'nope'"),
     (["--model", "resnet20", "--confirm"], "ldtune: error: --dataset: --confirm needs"),
     (["--model", "resnet20", "--format", "json"], "ldtune: error: --format: applies to --evaluate"),
+    # --evaluate holds out each dataset in turn: a flag of a recommendation is refused, not ignored
+    (["--evaluate", "--dataset", "digits"], "ldtune: error: --dataset: does not apply to --evaluate"),
+    (["--evaluate", "--confirm"], "ldtune: error: --confirm: does not apply to --evaluate"),
     (["--model", "resnet20", "--dataset", "digits", "--subset", "0"], "ldtune: error: --subset: must be"),
     # the spec's data is loaded before it is printed
     (["--model", "resnet20", "--dataset", "digits", "--subset", "2000"],
@@ -269,6 +288,21 @@ def test_cli_says_why_a_strategy_whose_trials_all_failed_has_no_recommendation(r
     assert yaml.safe_load(out)["strategies"] == {}
     n = len(failed)
     assert f"# stochastic_depth: no recommendation; none of its {n} trials here finished ok (last error: boom)" in out
+
+
+def test_cli_says_a_strategy_has_no_time_saved_where_its_study_has_no_ok_baseline(results, tmp_path, capsys):
+    """ok trials, but their study's baselines all failed: no time saved is known, and the message
+    says that rather than "none of its trials finished ok"."""
+    trials = pd.read_parquet(results / "transfer_digits" / "trials.parquet")
+    base = trials[trials["strategy"] == "baseline"].assign(status="error", error="boom", test_accuracy=np.nan)
+    ok = trials[trials["strategy"] == "freezing"].assign(time_saved=np.nan, speedup=np.nan, accuracy_delta=np.nan)
+    only = tmp_path / "no_baseline" / "s"
+    only.mkdir(parents=True)
+    pd.concat([base, ok]).to_parquet(only / "trials.parquet")
+    assert cli(["recommend", str(only.parent), "--model", "resnet20"]) == 0
+    out = capsys.readouterr().out
+    assert (f"# freezing: no recommendation; its {len(ok)} ok trials here have no time saved: no baseline trial "
+            "of their study finished ok\n") in out
 
 
 def test_the_source_workload_is_found_as_deep_as_the_studies(tmp_path):

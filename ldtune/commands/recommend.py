@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserError
-from ..text import plural
+from ..text import json_records, plural
 
 
 def configure(p) -> None:
@@ -94,18 +94,18 @@ def _check_spec(spec: dict, trials_here: bool) -> None:
 
 
 def explain(recs, datasets, model, target, epochs, limit, failed=()) -> list[str]:
+    from ..pareto import format_value
     lines = [f"# ldtune recommend: {model} for {target}, from {len(datasets)} dataset(s) ({', '.join(datasets)}),",
              f"# accuracy drop limit {limit:g} pp against each study's baseline median. Per strategy: of the",
              "# configs its trials ran, the one with the best worst-case time saved among those within the",
              "# limit on every dataset (kernel-smoothed over neighbouring configs); epochs as fractions of training."]
-    for strategy, n, error in failed:
-        lines.append(f"# {strategy}: no recommendation; none of its {plural(n, 'trial')} here finished ok"
-                     + (f" (last error: {error})" if error else ""))
+    for strategy, why in failed:
+        lines.append(f"# {strategy}: no recommendation; {why}")
     for r in recs:
-        cfg = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.config.items())
-        own = " ".join(f"{k}={v}" for k, v in r.hparams(epochs).items() if k not in r.fixed)
+        cfg = r.config_text()
+        own = " ".join(f"{k}={format_value(v)}" for k, v in r.hparams(epochs).items() if k not in r.fixed)
         own = f" -> {own} at {plural(epochs, 'epoch')}" if any(d.per_epoch for d in r.dims) else ""
-        own += " (as its trials ran: " + " ".join(f"{k}={v}" for k, v in r.fixed.items()) + ")" if r.fixed else ""
+        own += " (as its trials ran: " + " ".join(f"{k}={format_value(v)}" for k, v in r.fixed.items()) + ")" if r.fixed else ""
         verdict = ("held on every dataset" if r.useful else
                    "within the limit but saves no time in the worst case (left out)" if r.held else
                    "NOT within the limit everywhere (the safest config; left out)")
@@ -114,6 +114,17 @@ def explain(recs, datasets, model, target, epochs, limit, failed=()) -> list[str
         for x in r.per_dataset.itertuples():
             lines.append(f"#   {x.dataset:<16} {_pct(x.time_saved):>7} saved  {_pp(x.accuracy_delta):>10}  ({plural(x.trials, 'trial')})")
     return lines
+
+
+def _why_none(g) -> str:
+    """Why a strategy's trials ``g`` gave no recommendation: none finished ok, or those that did
+    have no time saved (no baseline of their study finished ok)."""
+    ok = g[g["status"] == "ok"]
+    if len(ok):
+        return (f"its {plural(len(ok), 'ok trial')} here have no time saved: no baseline trial of "
+                f"{'their study' if ok['study'].nunique() == 1 else 'their studies'} finished ok")
+    error = g["error"].dropna().iloc[-1] if g["error"].notna().any() else None
+    return f"none of its {plural(len(g), 'trial')} here finished ok" + (f" (last error: {error})" if error else "")
 
 
 # ------------------------------------------------------------------------------------- commands
@@ -154,10 +165,9 @@ def main(a) -> int:
     if a.confirm and not spec["strategies"]:
         raise UserError("--confirm", "no recommendation held the accuracy-drop limit: nothing to confirm")
     out = _confirm_output(spec, a) if a.confirm else None  # checked before anything is printed
-    target = a.dataset or "a new dataset (set workload.dataset)"
+    target = a.dataset or f"a new dataset (the spec below names {dataset}: set workload.dataset to yours)"
     done = {r.strategy for r in recs}
-    failed = [(name, len(g), g["error"].dropna().iloc[-1] if g["error"].notna().any() else None)
-              for name, g in used[used["strategy"] != "baseline"].groupby("strategy", sort=True)
+    failed = [(name, _why_none(g)) for name, g in used[used["strategy"] != "baseline"].groupby("strategy", sort=True)
               if name not in done and (not a.strategy or name in a.strategy)]
     lines = explain(recs, datasets, a.model, target, epochs, a.max_accuracy_drop, failed)
     if not spec["strategies"] and not a.confirm:
@@ -209,6 +219,10 @@ def _confirm(spec: dict, out: Path, a) -> int:
 def _evaluate(trials, a) -> int:
     from .. import recommend as rec
 
+    for flag, v in (("--dataset", a.dataset), ("--confirm", a.confirm or None), ("--strategy", a.strategy),
+                    ("--epochs", a.epochs), ("--subset", a.subset), ("--output", a.output), ("--address", a.address)):
+        if v is not None:
+            raise UserError(flag, "does not apply to --evaluate (it holds out each dataset in DIR in turn)")
     if a.model is not None:
         trials = trials[trials["model"] == a.model]
     ev = rec.evaluate(trials, a.max_accuracy_drop)
@@ -216,8 +230,8 @@ def _evaluate(trials, a) -> int:
         raise UserError(str(a.dir), "leave-one-dataset-out needs studies of one model on at least two datasets")
     summary = rec.summarize(ev)
     if a.format == "json":
-        print(json.dumps({"max_accuracy_drop_pp": a.max_accuracy_drop, "folds": ev.to_dict("records"),
-                          "summary": summary.to_dict("records")}, indent=1, default=lambda v: v.item()))
+        print(json.dumps({"max_accuracy_drop_pp": a.max_accuracy_drop, "folds": json_records(ev.to_dict("records")),
+                          "summary": json_records(summary.to_dict("records"))}, indent=1, allow_nan=False))
         return 0
     print(f"leave-one-dataset-out, accuracy drop limit {a.max_accuracy_drop:g} pp: the recommendation from the other"
           " datasets, scored on the held-out study (kernel-smoothed), against the most time saved by that study's own"
