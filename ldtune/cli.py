@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -66,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = show
     try:
         check_env()  # before anything runs: a bad one would otherwise fail mid-run, or in every trial
-        return int(args._main(args) or 0)
+        code = int(args._main(args) or 0)
+        sys.stdout.flush()  # a reader that stopped early (`| head`) shows here, not at exit
+        return code
+    except BrokenPipeError:  # the reader of stdout went away: the rest of the output is unwanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 141  # as a shell reports a command ended by SIGPIPE
     except UserError as e:
         field = getattr(args, "_flags", {}).get(e.field, e.field)  # `--batch-size`, not `batch_size`
         sys.stderr.write(f"ldtune: error: {field}: {e.message}\n")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import re
 import typing
 import warnings
@@ -232,13 +231,7 @@ def from_dict(raw: dict) -> Study:
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or "spec"
         raise UserError(loc, _explain(err)) from None
-    for module in spec.plugins:
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            raise UserError("plugins", f"cannot import {module!r}: {e}") from None
-        except Exception as e:  # the module raised, has a syntax error, or its name is not a module's
-            raise UserError("plugins", f"cannot import {module!r}: {type(e).__name__}: {e}") from None
+    strategies.import_plugins(spec.plugins)
     workload = _workload(spec)
     if spec.test_subset is not None and (workload.dataset == "imagenette" or workload.dataset.startswith("imagefolder:")):
         raise UserError("test_subset", f"only for datasets held as tensors, not the streamed {workload.dataset}")

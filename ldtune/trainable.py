@@ -14,7 +14,6 @@ trial (``max_failures``).
 """
 from __future__ import annotations
 
-import importlib
 import math
 import time
 import traceback
@@ -78,8 +77,7 @@ def trainable(config: dict) -> None:
 
     outcome: dict
     try:
-        for module in config.get("plugins", ()):
-            importlib.import_module(module)
+        strategies.import_plugins(config.get("plugins", ()))
         w = Workload(**config["workload"], seed=config["seed"])
         strategy = strategies.create(config["strategy"], **config["hparams"])
         r = fit(w, strategy, callback=on_epoch, data=_data(w, config["data_seed"], config.get("test_subset")))

@@ -1,4 +1,5 @@
 """``ldtune train`` through the installed console script: the JSON contract and bad input."""
+import math
 import json
 import subprocess
 import sys
@@ -127,3 +128,56 @@ def test_version(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0 and capsys.readouterr().out == f"ldtune {ldtune.__version__}\n"
+
+
+def test_strategies_shows_a_plugins_card(tmp_path, monkeypatch, capsys):
+    import sys
+    from ldtune.strategies import REGISTRY
+    (tmp_path / "ldtune_cardplug.py").write_text(
+        "from ldtune.strategies import HParam, Strategy, register\n\n\n@register\nclass CardPlug(Strategy):\n"
+        '    """Test-only plugin."""\n    name = "cardplug"\n'
+        '    hparams = {"on": HParam(bool, True, "flag: a switch to print")}\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert main(["strategies", "cardplug", "--plugin", "ldtune_cardplug"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("== cardplug\n  on: bool, default true (flag: a switch to print)\n")
+    finally:
+        REGISTRY.pop("cardplug", None)
+        sys.modules.pop("ldtune_cardplug", None)
+    assert main(["strategies", "--plugin", "ldtune_no_such_plugin"]) == 2
+    assert capsys.readouterr() == ("", "ldtune: error: --plugin: cannot import 'ldtune_no_such_plugin': "
+                                       "No module named 'ldtune_no_such_plugin'\n")
+
+
+def test_the_readmes_plugin_example_trains_and_saves_what_it_freezes(tmp_path, monkeypatch, capsys):
+    """The README's "A strategy of your own" block, as written there, runs as a plugin."""
+    import re
+    import sys
+    from pathlib import Path
+    from ldtune.strategies import REGISTRY
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("### A strategy of your own"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "my_freeze.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert main(["strategies", "my_freeze", "--plugin", "my_freeze"]) == 0
+        assert "warmup_epochs: int >= 0, default 2 (epochs)" in capsys.readouterr().out
+        assert main(["train", "--plugin", "my_freeze", "--strategy", "my_freeze", "--set", "warmup_epochs=1",
+                     "--dataset", "digits", "--width", "4", "--epochs", "2", "--subset", "256", "--json"]) == 0
+        out = json.loads(capsys.readouterr().out.splitlines()[-1])
+        # one of two epochs with 3 of the net's blocks frozen: their backward is not run nor counted
+        assert out["strategy"] == "my_freeze" and math.isfinite(out["test_accuracy"]) and 0.05 < out["flops_saved"] < 0.5
+    finally:
+        REGISTRY.pop("my_freeze", None)
+        sys.modules.pop("my_freeze", None)
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`ldtune strategies | head -1`: the pipe closes before ldtune writes; that ends the command
+    quietly, with the status a shell gives a command ended by SIGPIPE."""
+    p = subprocess.Popen([sys.executable, "-m", "ldtune", "strategies"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # before the command has written anything (importing torch takes a while)
+    err = p.stderr.read().decode()
+    assert (p.wait(timeout=120), err) == (141, "")

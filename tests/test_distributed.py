@@ -35,11 +35,12 @@ import time
 import uuid
 from pathlib import Path
 
-from ldtune.strategies import REGISTRY, EpochPlan, Strategy
+from ldtune.strategies import EpochPlan, Strategy, register
 
 RENDEZVOUS_S = 60.0  # seconds the first sleepy trial waits for a second one
 
 
+@register
 class Sleepy(Strategy):
     """Test-only: the baseline, with a rendezvous before the first epoch and a 2 s pause before the last."""
     name = "sleepy"
@@ -56,8 +57,6 @@ class Sleepy(Strategy):
             time.sleep(2.0)
         return EpochPlan()
 
-
-REGISTRY["sleepy"] = Sleepy
 '''
 
 

@@ -312,3 +312,66 @@ def test_studies_deeper_under_the_directory_are_found_and_kept_apart(tmp_path, c
     png = tmp_path / "fronts.png"
     code, _, err = run_cli(capsys, "plot", str(tmp_path / "results"), "-o", str(png))
     assert code == 0 and png.stat().st_size > 0
+
+
+PLUGIN = '''
+from ldtune.strategies import HParam, Strategy, register
+
+
+@register
+class Plug(Strategy):
+    """Test-only plugin strategy: the baseline, with a hyperparameter to show."""
+    name = "{name}"
+    hparams = {{"x": HParam(float, 0.5, "unused: a value to print", low=0.0, high=1.0, search=(0.0, 1.0))}}
+'''
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """A plugin module on the path (as a study's ``plugins:`` needs it); unregistered afterwards."""
+    import sys
+    from ldtune.strategies import REGISTRY
+    name = f"plug_{tmp_path.name[-12:].replace('-', '_')}"
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / f"ldtune_{name}.py").write_text(PLUGIN.format(name=name))
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    yield name, f"ldtune_{name}"
+    REGISTRY.pop(name, None)
+    sys.modules.pop(f"ldtune_{name}", None)
+
+
+def test_queries_import_the_plugins_a_study_names(results, plugin, capsys):
+    """`ldtune pareto` on a study of a plugin strategy imports the plugin its study.yaml names, so
+    the strategy's searched hyperparameter prints as a built-in one's does; a plugin that cannot
+    be imported here is one warning, and the Parquet files still answer."""
+    import yaml
+    name, module = plugin
+    d = write_study(results, "plugged", [trial("b0", "baseline", 0.85, 0.0, 0.0, study="plugged"),
+                                         trial("x1", name, 0.84, 0.3, 0.3, study="plugged", x=0.25)])
+    code, out, err = run_cli(capsys, "pareto", str(results), "--study", "plugged")
+    assert (code, err) == (0, "") and f"{name}  -  " in out  # not known here: "x" is no known hyperparameter
+    (d / "study.yaml").write_text(yaml.safe_dump({"name": "plugged", "plugins": [module]}))
+    code, out, err = run_cli(capsys, "pareto", str(results), "--study", "plugged")
+    assert (code, err) == (0, "") and f"{name}  x=0.25" in out
+    (d / "study.yaml").write_text(yaml.safe_dump({"name": "plugged", "plugins": ["ldtune_no_such_plugin"]}))
+    code, out, err = run_cli(capsys, "pareto", str(results), "--study", "plugged")
+    assert code == 0 and f"{name}  x=0.25" in out  # imported before, still registered
+    assert err == (f"ldtune: warning: {d / 'study.yaml'}: plugins: cannot import 'ldtune_no_such_plugin': No module "
+                   "named 'ldtune_no_such_plugin'; its strategies show as their trials recorded them\n")
+
+
+def test_a_plugin_registers_under_its_own_name_only(plugin):
+    import importlib
+    from ldtune.errors import UserError
+    from ldtune.strategies import REGISTRY, Strategy, register
+    name, module = plugin
+    importlib.import_module(module)
+    assert REGISTRY[name].__module__ == module and REGISTRY[name].hparams["x"].default == 0.5
+
+    class Clash(Strategy):
+        name = "freezeout"
+    with pytest.raises(UserError, match="'freezeout' is a built-in strategy's"):
+        register(Clash)
+    assert REGISTRY["freezeout"].__module__ == "ldtune.strategies.freezeout"
+    with pytest.raises(TypeError):
+        register(object)

@@ -34,9 +34,10 @@ CONTRACT_EPOCHS = ["trial_id", "epoch", "test_accuracy", "train_loss", "epoch_ti
 # A test-only strategy, imported by the study's `plugins` on the driver and in every Ray worker:
 # trial seed 1 raises, trial seed 2 diverges (a huge LR), others train like the baseline.
 PLUGIN = '''
-from ldtune.strategies import REGISTRY, EpochPlan, HParam, Strategy
+from ldtune.strategies import EpochPlan, HParam, Strategy, register
 
 
+@register
 class Boom(Strategy):
     """Test-only: seed % 3 == 1 raises in epoch_start, seed % 3 == 2 diverges."""
     name = "boom"
@@ -47,8 +48,6 @@ class Boom(Strategy):
             raise RuntimeError("boom: injected failure")
         return EpochPlan(lr_scale=1e30 if self.ctx.seed % 3 == 2 else 1.0)
 
-
-REGISTRY["boom"] = Boom
 '''
 
 SPEC = {

@@ -13,6 +13,7 @@ import json
 import sys
 
 from ..text import is_missing, json_records, plural
+from . import import_study_plugins
 
 # pandas and pyarrow load when the command runs, not when the CLI is built: `ldtune bench` and
 # `ldtune train` must work where only PyTorch is installed (scripts/gpu_figures.sh).
@@ -78,6 +79,7 @@ def front_table(a):
     on groups that have no front for want of an ``ok`` baseline."""
     from ..pareto import _check_filter, load, pareto
     trials = _check_filter(load(a.dir), "study", a.study, "--study")
+    import_study_plugins(a.dir)  # a plugin strategy's hyperparameters print as a built-in one's
     hp = hparam_columns(trials)
     res = pareto(trials, by=KEYS, model=a.model, dataset=a.dataset, strategy=a.strategy,
                  max_accuracy_drop=a.max_accuracy_drop)

@@ -13,6 +13,7 @@ import yaml
 
 from ..errors import UserError
 from ..text import json_records, plural
+from . import import_study_plugins
 
 
 def configure(p) -> None:
@@ -133,6 +134,7 @@ def main(a) -> int:
     from .. import recommend as rec
 
     trials = load(a.dir)
+    import_study_plugins(a.dir)  # a plugin strategy's search space and units, as for a built-in one
     if a.evaluate:
         return _evaluate(trials, a)
     if a.format is not None:

@@ -3,10 +3,14 @@
 
 def configure(p) -> None:
     p.add_argument("name", nargs="?", help="show one strategy's card")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import this module first, as a study's plugins: are (repeat for several)")
 
 
 def main(a) -> int:
     from .. import strategies
+    from ..pareto import format_value
+    strategies.import_plugins(a.plugin, field="--plugin")
     names = [a.name] if a.name else sorted(strategies.REGISTRY)
     for n in names:
         cls = strategies.get(n)
@@ -18,7 +22,7 @@ def main(a) -> int:
                    else f" >= {h.low}" if h.high is None else f" <= {h.high}" if h.low is None
                    else f" [{h.low}, {h.high}]")
             what = f"{h.unit}: {h.help}" if h.help else h.unit
-            print(f"  {k}: {h.kind.__name__}{rng}, default {h.default!r} ({what})")
+            print(f"  {k}: {h.kind.__name__}{rng}, default {format_value(h.default)} ({what})")
         if a.name:
             print(cls.card())
     return 0

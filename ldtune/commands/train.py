@@ -29,10 +29,15 @@ def add_workload_args(p, epochs: int = 3) -> None:
     p.add_argument("--data-root", default=None, help="directory for torchvision datasets")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop/flip (default: on for CIFAR/Imagenette, off for MNIST-likes and digits)")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import this module first, as a study's plugins: are (a strategy of your own; repeat for several)")
 
 
 def workload_from_args(a):
+    """The workload of the flags (``--plugin`` modules imported first, so strategy names resolve)."""
+    from ..strategies import import_plugins
     from ..train import Workload
+    import_plugins(a.plugin, field="--plugin")
     return Workload(model=a.model, dataset=a.dataset, epochs=a.epochs, subset=a.subset, device=a.device,
                     batch_size=a.batch_size, lr=a.lr, schedule=a.schedule, weight_decay=a.weight_decay,
                     seed=a.seed, width=a.width, image_size=a.image_size, data_root=a.data_root,

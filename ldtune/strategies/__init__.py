@@ -1,5 +1,10 @@
 """Strategy registry: every module in this package that defines a ``Strategy`` subclass with a
-``name`` registers it. The CLI, the study spec, ``ldtune bench`` and the tests all use ``REGISTRY``."""
+``name`` registers it. The CLI, the study spec, ``ldtune bench`` and the tests all use ``REGISTRY``.
+
+A strategy of your own lives in a module of its own (a *plugin*) and registers itself with
+:func:`register`; a study names the module under ``plugins:``, and its driver, its trials and
+``ldtune pareto``/``recommend`` on its results import it (``ldtune strategies --plugin MODULE``
+shows its card). The conformance suite (tests/test_conformance.py) runs over it like any other."""
 from __future__ import annotations
 
 import importlib
@@ -23,6 +28,32 @@ def _discover() -> None:
             REGISTRY[cls.name] = cls
 
 
+def register(cls: type[Strategy]) -> type[Strategy]:
+    """Add a plugin's strategy to ``REGISTRY`` under its ``name``; returns the class, so it serves
+    as a class decorator (``@register``). A built-in strategy's name is not for a plugin to take."""
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)) or not cls.name:
+        raise TypeError(f"register() takes a Strategy subclass with a name, got {cls!r}")
+    known = REGISTRY.get(cls.name)
+    if known is not None and known is not cls and known.__module__.startswith(f"{__name__}."):
+        raise UserError("plugins", f"{cls.__module__}.{cls.__qualname__}: the name {cls.name!r} is a built-in strategy's")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def import_plugins(modules, field: str = "plugins") -> None:
+    """Import each plugin module (which registers its strategies); one that cannot be imported is
+    the user's to mend, named under ``field``."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except UserError:
+            raise
+        except ImportError as e:
+            raise UserError(field, f"cannot import {module!r}: {e}") from None
+        except Exception as e:  # the module raised, has a syntax error, or its name is not a module's
+            raise UserError(field, f"cannot import {module!r}: {type(e).__name__}: {e}") from None
+
+
 def get(name: str) -> type[Strategy]:
     if name not in REGISTRY:
         raise UserError("strategy", f"unknown strategy {name!r}; known: {', '.join(sorted(REGISTRY))}")
@@ -35,4 +66,4 @@ def create(name: str, **hparams) -> Strategy:
 
 _discover()
 
-__all__ = ["REGISTRY", "get", "create", "Strategy", "EpochPlan", "HParam", "Context"]
+__all__ = ["REGISTRY", "register", "import_plugins", "get", "create", "Strategy", "EpochPlan", "HParam", "Context"]
