@@ -160,7 +160,7 @@ def format_table(report: dict) -> str:
             f"{plural(report['epochs'], 'epoch')}, {plural(report['repeats'], 'repeat')} interleaved by "
             f"{report.get('interleave', 'run')}, "
             f"{report['device_name']}; "
-            + (f"baseline times within ±{report['baseline_spread']:.1%} of their median" if report["repeats"] > 1
+            + (f"baseline times' half-range ±{report['baseline_spread']:.1%} of their median" if report["repeats"] > 1
                else "one repeat: no estimate of the timing noise"))
     lines = [head, f"{'strategy':<18}{'flops_saved':>12}{'time_saved':>12}{'±rounds':>9}{'efficiency':>12} "
              f"{'accuracy':>10}{'acc_delta':>11}{'time_s':>9}"]

@@ -538,6 +538,8 @@ def _run(study: Study, study_dir: Path, left: Left, callbacks: list, stream: Tex
           f"({len(ray.nodes())} node(s), {ray.cluster_resources().get('CPU', 0):g} CPUs); results in {study_dir}",
           file=stream, flush=True)
     if slots:
+        print("each trial's time saved below is against the baselines finished by then; trials.parquet, "
+              "rewritten as each trial finishes, holds it against all of them", file=stream, flush=True)
         w = dataclasses.asdict(study.workload)
         w.pop("seed")
 
@@ -588,10 +590,10 @@ def _run(study: Study, study_dir: Path, left: Left, callbacks: list, stream: Tex
               f"a trial running; the trials themselves ran {own:.1f}s ({fit_s:.1f}s of it training and evaluation): "
               f"platform overhead {outcome.wall_s / busy - 1:+.1%}", file=stream, flush=True)
     for device, runs, spread in baseline_noise(outcome.trials):
-        print(f"baseline on {device}: {runs} runs within ±{spread:.1%} of their median training time; "
+        print(f"baseline on {device}: {runs} runs, half their range ±{spread:.1%} of their median training time; "
               "smaller time_saved differences are timing noise", file=stream, flush=True)
         if spread > NOISY:
-            warnings.warn(f"baseline training times on {device} spread ±{spread:.1%}: the machine was busy or the "
+            warnings.warn(f"baseline training times on {device} span ±{spread:.1%} of their median: the machine was busy or the "
                           "runs are too short to time; time_saved is unreliable (more baseline.repeats, longer "
                           "runs, or a quiet machine)", stacklevel=2)
     return outcome

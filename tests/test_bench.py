@@ -51,7 +51,7 @@ def test_bench_reports_savings_against_the_baseline_over_the_same_rounds(capsys,
         assert len(r["round_flops_saved"]) == 2 and r["flops_saved"] == pytest.approx(sum(r["round_flops_saved"]) / 2)
         assert r["within_noise"] == (r["strategy"] != "baseline" and abs(r["time_saved"]) <= r["time_saved_spread"])
     assert base["time_saved_spread"] == 0.0
-    assert "efficiency" in err and "baseline times within" in err  # the table goes to stderr under --json
+    assert "efficiency" in err and "baseline times' half-range" in err  # the table goes to stderr under --json
 
 
 def test_bench_names_the_cache_tier_and_no_width_for_fixed_width_nets(capsys, one_thread):
@@ -84,7 +84,7 @@ def test_table_marks_time_savings_within_the_baselines_spread():
               "interleave": "step", "device_name": "cpu", "baseline_spread": 0.1,
               "rows": [row("baseline", 0.0, False), row("resolved", 0.25, False), row("noisy", 0.05, True)]}
     lines = format_table(report).splitlines()
-    assert "within ±10.0%" in lines[0]
+    assert "baseline times' half-range ±10.0% of their median" in lines[0]
     assert "0.83 " in lines[3] and "*" not in lines[3] and " 2.0% " in lines[3]  # 0.25 / 0.3, clear of the noise
     assert "0.17*" in lines[4] and " 8.0% " in lines[4] and lines[-1].startswith("* time_saved within ±rounds")
     assert lines[2].split()[:4] == ["baseline", "0.0%", "0.0%", "-"]  # no spread of the baseline against itself

@@ -307,6 +307,7 @@ def test_run_exits_1_when_a_trial_failed_and_keeps_the_others(ray_local, tmp_pat
     assert cli.main(["run", str(spec), "--output", str(out), "--resume"]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("study tiny: 1 trial to run (2 done before; 1 that failed before run again)")
+    assert lines[1].startswith("each trial's time saved below is against the baselines finished by then")
     assert [ln.split("]")[1].split()[0] for ln in lines if ln.startswith("[")] == ["boom-001"]
     again = pd.read_parquet(out / "tiny" / "trials.parquet").set_index("trial_id")
     assert again["status"].to_dict() == trials["status"].to_dict() and again.index.is_unique
@@ -331,7 +332,7 @@ def test_run_exits_1_when_a_trial_failed_and_keeps_the_others(ray_local, tmp_pat
     outcome = runner.run_study(study_mod.load(spec), out, resume=True, callbacks=[probe])
     # with two baselines the run states its timing noise floor
     t = outcome.trials.set_index("trial_id").loc[["baseline-000", "baseline-001"]]
-    assert (f"baseline on {t['device_name'].iloc[0]}: 2 runs within "
+    assert (f"baseline on {t['device_name'].iloc[0]}: 2 runs, half their range "
             f"±{abs(t['train_time_s'].diff().iloc[-1]) / 2 / t['train_time_s'].median():.1%} of their median training "
             "time; smaller time_saved differences are timing noise\n") in capsys.readouterr().out
     assert [tid for tid, _ in probe.seen] == ["freezeout-000", "boom-001", "baseline-001"]
