@@ -12,7 +12,9 @@ it trains to the end on plain cosine annealing. FreezeOut's schedule replaces th
 
 Suggested hyperparameters (paper, Sec. 3.1): cubic, scaled, ``t0 = 0.8``; the close
 alternative is linear, unscaled, ``t0 = 0.5``. Studies search ``t0`` in [0.3, 0.95] and both
-``schedule`` and ``scale_lr``.
+``schedule`` and ``scale_lr`` (the paper sweeps "a wide range of t0"). Mind the low end: cubic
+and scaled, t0 = 0.3 starts block 0 at 1/0.3**3, about 37x the base LR (2x at the default 0.8);
+a trial that diverges there is recorded as ``diverged``.
 
 What it skips: from the first iteration with ``t >= t_i`` block i is frozen: its weights stop
 requiring gradients and its BatchNorm goes to eval mode at once, mid-epoch, so autograd runs
@@ -23,7 +25,9 @@ the optimizer). With ``cache: true`` the frozen prefix is then served from the l
 cache (computed once, without augmentation; no forward at all) - an option no paper has.
 
 Readings chosen: a "layer" of the paper is a block here (the loop's LR groups are per block;
-the paper's code also freezes whole residual blocks of its WRN). t_i is spaced over the
+the paper's code also freezes whole residual blocks of its WRN). On ``densenet121`` the blocks are
+the stem, 4 dense blocks and 3 transitions (8 in all), so freezing is coarser than the paper's per-layer
+DenseNet-BC (L = 76): fewer, larger steps of saving. t_i is spaced over the
 iterations of this run, not the paper code's hard-coded 1000 iterations per epoch.
 
 Paper: A. Brock, T. Lim, J.M. Ritchie, N. Weston, "FreezeOut: Accelerate Training by

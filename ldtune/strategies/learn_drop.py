@@ -4,8 +4,9 @@ How to use: ``--strategy learn_drop --set warmup_epochs=5``; in a study, search 
 The whole net trains for ``warmup_epochs`` epochs. From then on, at the end of every epoch each
 block still training is scored by how much its weights still move: P_l = 1 - sum_i |sum_j g_lij| /
 sum_i sum_j |g_lij| (Eq. 2; i runs over the block's conv/linear kernels, j over the epoch's steps),
-standardized over the blocks (Eq. 3), and the leading run of blocks with P'_l > 0 up to the first
-one followed by a negative score (Eq. 4) is dropped if its median P'_l is at least the median P'_l
+standardized over the blocks (Eq. 3), and the leading blocks up to the first block t with
+P'_t > 0 and P'_{t+1} < 0 (Eq. 4; the blocks before t may score either way) are dropped if their
+median P'_l is at least the median P'_l
 the already dropped blocks had when they were dropped (the median rule). From the next epoch the
 dropped prefix runs once over the training set (eval mode, no grad), its output is kept in the
 feature cache (device memory if it fits its budget, else pinned host memory, else a memory-mapped
