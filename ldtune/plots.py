@@ -119,7 +119,9 @@ def plot(directory, out) -> list[Path]:
     fig, axes = plt.subplots(len(groups), 3, figsize=(16, 4.6 * len(groups)), squeeze=False)
     for row, ((study, model, dataset), g) in zip(axes, groups):
         _tradeoff_panel(row[0], g, colors)
-        row[0].set_title(f"{study}: {model} / {dataset}: accuracy vs time saved ({len(g)} trials)")
+        ran = trials[(trials["study"] == study) & (trials["model"] == model) & (trials["dataset"] == dataset)]
+        failed = f", {len(ran) - len(g)} not ok and not drawn" if len(ran) > len(g) else ""
+        row[0].set_title(f"{study}: {model} / {dataset}: accuracy vs time saved ({len(g)} trials{failed})")
         e = None if epochs is None else epochs[(epochs["study"] == study) & (epochs["model"] == model)
                                                & (epochs["dataset"] == dataset)]
         _epoch_panel(row[1], e, "epoch_time_s", "training time per epoch (s)", colors)

@@ -91,3 +91,16 @@ def test_plot_missing_dir_exit_2(tmp_path, capsys):
     assert cli(["plot", str(tmp_path / "none"), "-o", str(tmp_path / "afile" / "f.png")]) == 2
     assert capsys.readouterr().err == f"ldtune: error: -o: {tmp_path / 'afile'}: a file, not a directory\n"
     assert [p.name for p in tmp_path.iterdir()] == ["afile"]
+
+
+def test_plot_titles_count_the_trials_not_drawn(tmp_path, capsys, monkeypatch):
+    """A trial that failed has no point; the panel's title says how many there were."""
+    import matplotlib
+    monkeypatch.setitem(matplotlib.rcParams, "svg.fonttype", "none")  # titles as text in the SVG
+    results = write_results(tmp_path / "results")
+    t = pd.read_parquet(results / "s" / "trials.parquet")
+    t.loc[t["trial_id"] == "freezing_2", ["status", "error", "test_accuracy"]] = ["error", "boom", np.nan]
+    t.to_parquet(results / "s" / "trials.parquet")
+    out = tmp_path / "f.svg"
+    assert cli(["plot", str(results), "-o", str(out)]) == 0
+    assert "s: resnet20 / digits: accuracy vs time saved (11 trials, 1 not ok and not drawn)" in out.read_text()
