@@ -125,15 +125,16 @@ def _check_filter(df: pd.DataFrame, column: str, value: str | None, flag: str) -
     return df[df[column] == value]
 
 
-def pareto(df: pd.DataFrame, by=GROUP_KEYS, *, model: str | None = None, dataset: str | None = None,
-           strategy: str | None = None, max_accuracy_drop: float | None = None) -> pd.DataFrame:
+def pareto(df: pd.DataFrame, by=GROUP_KEYS, *, study: str | None = None, model: str | None = None,
+           dataset: str | None = None, strategy: str | None = None,
+           max_accuracy_drop: float | None = None) -> pd.DataFrame:
     """The fronts of the ``ok`` trials in ``df``, per group of ``by`` (columns that exist): per study,
     model and dataset by default, as ``time_saved`` and ``accuracy_delta`` are against each study's
     own baseline (``by=("model", "dataset")`` pools studies of one workload, at the caller's word).
 
     Returns the front rows with a ``front`` column: the strategy name for that strategy's own
     front, ``all`` for the global front of the group (a row on both appears twice). Filters:
-    ``model``/``dataset``/``strategy`` (an unknown value is a :class:`UserError`), and
+    ``study``/``model``/``dataset``/``strategy`` (an unknown value is a :class:`UserError`), and
     ``max_accuracy_drop`` in percentage points: only trials with ``accuracy_delta >= -PP/100``
     (the fronts of the rest are the unfiltered fronts cut at the limit). With ``strategy`` the
     global front is that strategy's front too.
@@ -141,6 +142,7 @@ def pareto(df: pd.DataFrame, by=GROUP_KEYS, *, model: str | None = None, dataset
     for col in ("test_accuracy", "time_saved", "strategy", "status"):
         if col not in df.columns:
             raise UserError("trials", f"missing column {col!r}")
+    df = _check_filter(df, "study", study, "--study")
     df = _check_filter(df, "model", model, "--model")
     df = _check_filter(df, "dataset", dataset, "--dataset")
     df = _check_filter(df, "strategy", strategy, "--strategy")

@@ -77,11 +77,11 @@ def configure(p) -> None:
 def front_table(a):
     """The rows to print (a pandas frame with OUT_COLUMNS), from the parsed arguments, and the notes
     on groups that have no front for want of an ``ok`` baseline."""
-    from ..pareto import _check_filter, load, pareto
-    trials = _check_filter(load(a.dir), "study", a.study, "--study")
+    from ..pareto import load, pareto
+    trials = load(a.dir)
     import_study_plugins(a.dir)  # a plugin strategy's hyperparameters print as a built-in one's
     hp = hparam_columns(trials)
-    res = pareto(trials, by=KEYS, model=a.model, dataset=a.dataset, strategy=a.strategy,
+    res = pareto(trials, by=KEYS, study=a.study, model=a.model, dataset=a.dataset, strategy=a.strategy,
                  max_accuracy_drop=a.max_accuracy_drop)
     res = res[res["front"] != "all"] if a.by == "strategy" else res[res["front"] == "all"]
     res = res.sort_values([*KEYS, "front", "time_saved", "test_accuracy"],
@@ -96,7 +96,7 @@ def front_table(a):
 def no_baseline(trials, a) -> list[str]:
     """One note per (study, model, dataset) of the filters whose trials have no ``ok`` baseline."""
     t = trials
-    for col, v in (("model", a.model), ("dataset", a.dataset)):
+    for col, v in (("study", a.study), ("model", a.model), ("dataset", a.dataset)):
         t = t[t[col] == v] if v is not None else t
     notes = []
     for (study, model, dataset), g in t.groupby(KEYS, sort=True):

@@ -4,7 +4,7 @@
 def configure(p) -> None:
     p.add_argument("name", nargs="?", help="show one strategy's card")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="import this module first, as a study's plugins: are (repeat for several)")
+                   help="import this module first, as a study's `plugins` list does (repeat for several)")
 
 
 def main(a) -> int:

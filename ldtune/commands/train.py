@@ -30,7 +30,7 @@ def add_workload_args(p, epochs: int = 3) -> None:
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop/flip (default: on for CIFAR/Imagenette, off for MNIST-likes and digits)")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="import this module first, as a study's plugins: are (a strategy of your own; repeat for several)")
+                   help="import this module first, as a study's `plugins` list does (a strategy of your own; repeat for several)")
 
 
 def workload_from_args(a):
