@@ -42,6 +42,7 @@ import yaml
 
 from . import results
 from .errors import UserError
+from .pareto import format_value
 from .study import Study, check_data
 from .text import plural
 
@@ -373,7 +374,7 @@ def ran_with(strategy: str, hparams: dict) -> dict:
 
 
 def _line(row, n: int, total: int, hparams: dict) -> str:
-    hp = " ".join(f"{k}={_fmt(v, '.3g') if isinstance(v, float) else v}" for k, v in hparams.items())
+    hp = " ".join(f"{k}={format_value(v)}" for k, v in hparams.items())  # as pareto prints them: true, 0.281
     text = (f"[{n:>3}/{total}] {row['trial_id']:<22} {row['status']:<8} acc {_fmt(row['test_accuracy'], '.4f')}"
             f"  train {_fmt(row['train_time_s'], '.1f', 's')}  time saved {_fmt(row['time_saved'], '+.1%')}"
             f"  flops saved {_fmt(row['flops_saved'], '+.1%')}  {hp}")

@@ -406,6 +406,13 @@ def test_busy_seconds_counts_overlapping_trials_once():
     assert runner.busy_seconds([(0, 1), (1, 2)]) == 2 and runner.busy_seconds([]) == 0
 
 
+def test_a_trials_log_line_prints_its_settings_as_pareto_and_yaml_do():
+    row = {"trial_id": "freezeout-002", "status": "ok", "test_accuracy": 0.607, "train_time_s": 0.8,
+           "time_saved": 0.492, "flops_saved": 0.412, "error": None}
+    line = runner._line(row, 17, 23, {"t0": 0.39912, "schedule": "cubic", "scale_lr": True, "cache": False})
+    assert line.endswith("time saved +49.2%  flops saved +41.2%  t0=0.399 schedule=cubic scale_lr=true cache=false")
+
+
 def test_baseline_noise_per_device_from_two_ok_runs():
     df = pd.DataFrame({"strategy": ["baseline"] * 5 + ["freezeout"], "status": ["ok", "ok", "error", "ok", "ok", "ok"],
                        "device_name": ["cpu"] * 3 + ["cuda:H100"] * 2 + ["cpu"], "train_time_s": [9, 11, 1, 4, 4, 1]})
