@@ -17,6 +17,7 @@ e.g. ``freezing``), one curve per block coloured by depth, dotted lines where bl
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -107,12 +108,17 @@ def plot(directory, out) -> list[Path]:
     ok = trials[trials["status"] == "ok"]
     if not len(ok):
         raise UserError(str(directory), "no trial finished ok: nothing to plot")
-    ok = ok.dropna(subset=["test_accuracy", "time_saved"])
-    if not len(ok):  # time saved is against the study's ok baselines
+    measured = ok.dropna(subset=["test_accuracy", "time_saved"])
+    if not len(measured):  # time saved is against the study's ok baselines
         raise UserError(str(directory), "no baseline trial finished ok, so no time saved is known: nothing to plot")
+    drawn = set(measured.groupby(GROUP).groups)
+    for key in sorted(set(ok.groupby(GROUP).groups) - drawn):
+        warnings.warn(f"{key[0]}: {key[1]} / {key[2]}: not drawn: no baseline trial finished ok, so no time saved "
+                      "is known", stacklevel=2)
+    ok = measured
     epochs = _epochs_with_trials(directory, trials)
     if epochs is not None:
-        epochs = epochs[epochs["status"] == "ok"]
+        epochs = epochs[(epochs["status"] == "ok") & epochs["time_saved"].notna()]
     colors = palette(ok["strategy"])
     groups = list(ok.groupby(GROUP, sort=True))
     sns.set_theme(style="whitegrid", context="paper")

@@ -113,9 +113,9 @@ def strategy_dims(strategy: str, trials: pd.DataFrame) -> list[Dim]:
     from .strategies import REGISTRY
     if strategy in REGISTRY:
         specs = {n: h for n, h in REGISTRY[strategy].hparams.items() if h.search is not None}
-    else:  # a strategy this install does not know: every recorded DESIGN.md hyperparameter
-        from .results import CONTRACT_HPARAMS
-        specs = {n: None for n in CONTRACT_HPARAMS}
+    else:  # a strategy this install does not know (a plugin not imported here): every recorded hyperparameter
+        from .results import recorded_hparams
+        specs = {n: None for n in recorded_hparams(trials)}
     dims = []
     for name, spec in specs.items():
         if name not in trials.columns or trials[name].isna().all():

@@ -74,6 +74,13 @@ def hparam_columns() -> dict[str, pa.DataType]:
     return out
 
 
+def recorded_hparams(df: pd.DataFrame) -> list[str]:
+    """The hyperparameter columns a trials frame holds: every registered strategy's that it has,
+    then any other column beyond the contract's (a plugin's that is not imported here)."""
+    known = [n for n in hparam_columns() if n in df.columns]
+    return known + sorted(c for c in df.columns if c not in TRIAL_COLUMNS and c not in known)
+
+
 def trials_schema() -> pa.Schema:
     return pa.schema(list(TRIAL_COLUMNS.items()) + list(hparam_columns().items()))
 
@@ -171,5 +178,5 @@ def read_rows(study_dir: str | Path) -> tuple[list[dict], list[dict]]:
     return trials, epochs
 
 
-__all__ = ["TRIAL_COLUMNS", "EPOCH_COLUMNS", "CONTRACT_HPARAMS", "FILES", "hparam_columns", "trials_schema", "derive", "write",
+__all__ = ["TRIAL_COLUMNS", "EPOCH_COLUMNS", "CONTRACT_HPARAMS", "FILES", "hparam_columns", "recorded_hparams", "trials_schema", "derive", "write",
            "read_rows", "trials_table", "epochs_table", "load", "pareto", "fronts"]

@@ -594,7 +594,7 @@ def _run(study: Study, study_dir: Path, left: Left, callbacks: list, stream: Tex
         print(f"baseline on {device}: {runs} runs, half their range ±{spread:.1%} of their median training time; "
               "smaller time_saved differences are timing noise", file=stream, flush=True)
         if spread > NOISY:
-            warnings.warn(f"baseline training times on {device} span ±{spread:.1%} of their median: the machine was busy or the "
+            warnings.warn(f"baseline training times on {device}: half their range ±{spread:.1%} of their median: the machine was busy or the "
                           "runs are too short to time; time_saved is unreliable (more baseline.repeats, longer "
                           "runs, or a quiet machine)", stacklevel=2)
     return outcome

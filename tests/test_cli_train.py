@@ -147,7 +147,19 @@ def test_strategies_shows_a_plugins_card(tmp_path, monkeypatch, capsys):
         sys.modules.pop("ldtune_cardplug", None)
     assert main(["strategies", "--plugin", "ldtune_no_such_plugin"]) == 2
     assert capsys.readouterr() == ("", "ldtune: error: --plugin: cannot import 'ldtune_no_such_plugin': "
-                                       "No module named 'ldtune_no_such_plugin'\n")
+                                       "No module named 'ldtune_no_such_plugin' (a plugin must be installed or on "
+                                       "PYTHONPATH; for one in this directory: PYTHONPATH=$PWD)\n")
+    # a plugin that takes a built-in's name: refused, under the flag that named the plugin
+    (tmp_path / "ldtune_clashplug.py").write_text(
+        "from ldtune.strategies import Strategy, register\n\n\n@register\nclass Clash(Strategy):\n"
+        '    name = "freezeout"\n')
+    try:
+        assert main(["strategies", "--plugin", "ldtune_clashplug"]) == 2
+        assert capsys.readouterr().err == ("ldtune: error: --plugin: ldtune_clashplug.Clash: the name 'freezeout' "
+                                           "is a built-in strategy's\n")
+        assert REGISTRY["freezeout"].__module__ == "ldtune.strategies.freezeout"
+    finally:
+        sys.modules.pop("ldtune_clashplug", None)
 
 
 def test_the_readmes_plugin_example_trains_and_saves_what_it_freezes(tmp_path, monkeypatch, capsys):

@@ -149,7 +149,7 @@ def test_cli_prints_a_valid_spec_snippet(results, tmp_path, capsys):
     assert snippet["workload"] == {"model": "resnet20", "dataset": "cifar10", "epochs": 30}
     assert "# freezing: warmup_fraction=0.6 -> warmup_epochs=18 at 30 epochs; held on every dataset" in out
     assert "# freezeout: t0=0.7 schedule=cubic scale_lr=true; held" in out  # true as YAML writes it, not True
-    assert "for cifar10, from 3 dataset(s)" in out
+    assert "for cifar10, from 3 datasets (digits, fashion_mnist, mnist5k)" in out
     (tmp_path / "rec.yaml").write_text(out)
     assert cli(["validate", str(tmp_path / "rec.yaml")]) == 0  # the study runner accepts it as it is
     assert capsys.readouterr().out.endswith("rec.yaml: ok\n")
@@ -237,6 +237,8 @@ def test_cli_confirm_runs_a_short_study_on_the_new_dataset(results, tmp_path, ca
     # --evaluate holds out each dataset in turn: a flag of a recommendation is refused, not ignored
     (["--evaluate", "--dataset", "digits"], "ldtune: error: --dataset: does not apply to --evaluate"),
     (["--evaluate", "--confirm"], "ldtune: error: --confirm: does not apply to --evaluate"),
+    (["--evaluate", "--trials", "5"], "ldtune: error: --trials: does not apply to --evaluate"),
+    (["--evaluate", "--model", "nope"], "ldtune: error: --model: no trials of model 'nope' (present: resnet20)\n"),
     (["--model", "resnet20", "--dataset", "digits", "--subset", "0"], "ldtune: error: --subset: must be"),
     # the spec's data is loaded before it is printed
     (["--model", "resnet20", "--dataset", "digits", "--subset", "2000"],
@@ -290,19 +292,32 @@ def test_cli_says_why_a_strategy_whose_trials_all_failed_has_no_recommendation(r
     assert f"# stochastic_depth: no recommendation; none of its {n} trials here finished ok (last error: boom)" in out
 
 
-def test_cli_says_a_strategy_has_no_time_saved_where_its_study_has_no_ok_baseline(results, tmp_path, capsys):
-    """ok trials, but their study's baselines all failed: no time saved is known, and the message
-    says that rather than "none of its trials finished ok"."""
-    trials = pd.read_parquet(results / "transfer_digits" / "trials.parquet")
-    base = trials[trials["strategy"] == "baseline"].assign(status="error", error="boom", test_accuracy=np.nan)
-    ok = trials[trials["strategy"] == "freezing"].assign(time_saved=np.nan, speedup=np.nan, accuracy_delta=np.nan)
-    only = tmp_path / "no_baseline" / "s"
-    only.mkdir(parents=True)
-    pd.concat([base, ok]).to_parquet(only / "trials.parquet")
-    assert cli(["recommend", str(only.parent), "--model", "resnet20"]) == 0
+def test_cli_leaves_out_a_study_without_an_ok_baseline_and_says_so(results, capsys):
+    """Its trials have no time saved (it is measured against the baseline): the study is no
+    evidence, its dataset is not one the recommendation held on, and its spec is no source."""
+    d = results / "transfer_digits"
+    trials = pd.read_parquet(d / "trials.parquet")
+    base = trials["strategy"] == "baseline"
+    trials.loc[base, ["status", "error", "test_accuracy"]] = ["error", "boom", np.nan]
+    trials[["time_saved", "speedup", "accuracy_delta"]] = np.nan
+    trials.to_parquet(d / "trials.parquet")
+    (d / "study.yaml").write_text(yaml.safe_dump({"workload": {"model": "resnet20", "dataset": "digits", "lr": 0.3}}))
+    assert cli(["recommend", str(results), "--model", "resnet20"]) == 0
     out = capsys.readouterr().out
-    assert (f"# freezing: no recommendation; its {len(ok)} ok trials here have no time saved: no baseline trial "
-            "of their study finished ok\n") in out
+    assert "from 2 datasets (fashion_mnist, mnist5k)" in out and "#   digits" not in out
+    assert "# left out: study transfer_digits (digits): no baseline trial finished ok\n" in out
+    assert "as in" not in out and yaml.safe_load(out)["workload"]["dataset"] != "digits"
+    assert cli(["recommend", "--evaluate", str(results), "--format", "json"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert ev["left_out"] == ["study transfer_digits (digits): no baseline trial finished ok"]
+    assert {f["held_out"] for f in ev["folds"]} == {"fashion_mnist", "mnist5k"}
+    for other in ("transfer_fashion_mnist", "transfer_mnist5k"):  # no study with a baseline: nothing to go on
+        t = pd.read_parquet(results / other / "trials.parquet")
+        t.loc[t["strategy"] == "baseline", "status"] = "error"
+        t.to_parquet(results / other / "trials.parquet")
+    assert cli(["recommend", str(results), "--model", "resnet20"]) == 2
+    assert capsys.readouterr() == ("", f"ldtune: error: {results}: no study here has a baseline trial that finished ok; "
+                                       "time saved and accuracy are measured against it\n")
 
 
 def test_the_source_workload_is_found_as_deep_as_the_studies(tmp_path):

@@ -21,6 +21,7 @@ def import_study_plugins(directory) -> None:
     for path in paths:
         try:
             modules = (yaml.safe_load(path.read_text()) or {}).get("plugins") or []
+            modules = [modules] if isinstance(modules, str) else modules
         except (OSError, yaml.YAMLError, AttributeError):
             continue  # not a spec the runner wrote: the Parquet files are what the query reads
         for module in modules:

@@ -23,12 +23,6 @@ OUT_COLUMNS = ("study", "model", "dataset", "front", "strategy", "hyperparameter
 KEYS = ["study", "model", "dataset"]
 
 
-def hparam_columns(df) -> list[str]:
-    """Hyperparameter columns present in ``df``: DESIGN.md's, plus any a registered strategy declares."""
-    from ..results import hparam_columns as all_columns
-    return [n for n in all_columns() if n in df.columns]
-
-
 def hparams_text(row, columns) -> str:
     """``key=value`` pairs of a row's hyperparameters, e.g. ``p=0.5 s=2``; ``-`` if none. For a
     registered strategy: the ones it searches, and any other held at a value not its default."""
@@ -78,9 +72,10 @@ def front_table(a):
     """The rows to print (a pandas frame with OUT_COLUMNS), from the parsed arguments, and the notes
     on groups that have no front for want of an ``ok`` baseline."""
     from ..pareto import load, pareto
+    from ..results import recorded_hparams
     trials = load(a.dir)
     import_study_plugins(a.dir)  # a plugin strategy's hyperparameters print as a built-in one's
-    hp = hparam_columns(trials)
+    hp = recorded_hparams(trials)
     res = pareto(trials, by=KEYS, study=a.study, model=a.model, dataset=a.dataset, strategy=a.strategy,
                  max_accuracy_drop=a.max_accuracy_drop)
     res = res[res["front"] != "all"] if a.by == "strategy" else res[res["front"] == "all"]

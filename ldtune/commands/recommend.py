@@ -30,8 +30,8 @@ def configure(p) -> None:
                    help="training images of the new runs (default: those of the studies in DIR)")
     p.add_argument("--strategy", action="append", default=None, metavar="S",
                    help="only this strategy (repeat for several; default: every strategy in DIR)")
-    p.add_argument("--trials", type=int, default=1, help="trials per recommended strategy in the spec (default 1)")
-    p.add_argument("--repeats", type=int, default=3, help="baseline repeats in the spec (default 3)")
+    p.add_argument("--trials", type=int, default=None, help="trials per recommended strategy in the spec (default 1)")
+    p.add_argument("--repeats", type=int, default=None, help="baseline repeats in the spec (default 3)")
     p.add_argument("--confirm", action="store_true",
                    help="run the spec as a short study on NEW (plus baseline) and report which held (every trial ok, "
                         "within the accuracy limit, time saved on average); exit status 1 if any did not hold")
@@ -52,12 +52,16 @@ def _pp(v: float) -> str:
     return f"{100 * v:+.2f} pp"
 
 
-def source_spec(directory, model: str) -> dict:
+def source_spec(directory, model: str, studies=None) -> dict:
     """``workload`` and ``test_subset`` of the first study of ``model`` under ``directory`` (at any
-    depth, as ``ldtune pareto`` finds them) that saved its ``study.yaml`` (the runner does), and
-    ``path``, that file; ``{"workload": {"model": model}}`` if none did."""
+    depth, as ``ldtune pareto`` finds them; only those named in ``studies``, if given) that saved
+    its ``study.yaml`` (the runner does), and ``path``, that file; ``{"workload": {"model": model}}``
+    if none did."""
     root = Path(directory)
     for path in sorted(root.rglob("study.yaml")):
+        name = path.parent.name if path.parent == root else path.parent.relative_to(root).as_posix()
+        if studies is not None and name not in studies:
+            continue
         try:
             spec = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError:
@@ -96,7 +100,7 @@ def _check_spec(spec: dict, trials_here: bool) -> None:
 
 def explain(recs, datasets, model, target, epochs, limit, failed=()) -> list[str]:
     from ..pareto import format_value
-    lines = [f"# ldtune recommend: {model} for {target}, from {len(datasets)} dataset(s) ({', '.join(datasets)}),",
+    lines = [f"# ldtune recommend: {model} for {target}, from {plural(len(datasets), 'dataset')} ({', '.join(datasets)}),",
              f"# accuracy drop limit {limit:g} pp against each study's baseline median. Per strategy: of the",
              "# configs its trials ran, the one with the best worst-case time saved among those within the",
              "# limit on every dataset (kernel-smoothed over neighbouring configs); epochs as fractions of training."]
@@ -118,14 +122,21 @@ def explain(recs, datasets, model, target, epochs, limit, failed=()) -> list[str
 
 
 def _why_none(g) -> str:
-    """Why a strategy's trials ``g`` gave no recommendation: none finished ok, or those that did
-    have no time saved (no baseline of their study finished ok)."""
-    ok = g[g["status"] == "ok"]
-    if len(ok):
-        return (f"its {plural(len(ok), 'ok trial')} here have no time saved: no baseline trial of "
-                f"{'their study' if ok['study'].nunique() == 1 else 'their studies'} finished ok")
+    """Why a strategy's trials ``g`` gave no recommendation: none finished ok."""
     error = g["error"].dropna().iloc[-1] if g["error"].notna().any() else None
     return f"none of its {plural(len(g), 'trial')} here finished ok" + (f" (last error: {error})" if error else "")
+
+
+def measured(trials, directory):
+    """The trials of the studies with an ``ok`` baseline (time saved and the accuracy delta are
+    measured against it), and one comment line per study left out for want of one."""
+    based = set(trials.loc[(trials["strategy"] == "baseline") & (trials["status"] == "ok"), "study"])
+    if not based:
+        raise UserError(str(directory), "no study here has a baseline trial that finished ok; time saved and "
+                                        "accuracy are measured against it")
+    notes = [f"study {s} ({', '.join(sorted(g['dataset'].unique()))}): no baseline trial finished ok"
+             for s, g in trials[~trials["study"].isin(based)].groupby("study", sort=True)]
+    return trials[trials["study"].isin(based)], notes
 
 
 # ------------------------------------------------------------------------------------- commands
@@ -135,8 +146,12 @@ def main(a) -> int:
 
     trials = load(a.dir)
     import_study_plugins(a.dir)  # a plugin strategy's search space and units, as for a built-in one
+    models = sorted(trials["model"].dropna().unique())
+    if a.model is not None and a.model not in models:
+        raise UserError("--model", f"no trials of model {a.model!r} (present: {', '.join(models) or 'none'})")
+    trials, left_out = measured(trials, a.dir)
     if a.evaluate:
-        return _evaluate(trials, a)
+        return _evaluate(trials, a, left_out)
     if a.format is not None:
         raise UserError("--format", "applies to --evaluate; a recommendation prints a study spec (YAML)")
     if a.model is None:
@@ -157,10 +172,10 @@ def main(a) -> int:
         recs = [r for r in recs if r.strategy in a.strategy]
     used = trials[(trials["model"] == a.model) & (trials["dataset"] != a.dataset)]
     datasets = sorted(used["dataset"].unique())
-    source = source_spec(a.dir, a.model)
+    source = source_spec(a.dir, a.model, set(trials["study"]))
     epochs = a.epochs or int(source["workload"].get("epochs") or used["epochs"].median())
     dataset = a.dataset or source["workload"].get("dataset") or datasets[0]
-    spec = build_spec(recs, a.model, dataset, epochs, source, a.trials, a.repeats, a.subset)
+    spec = build_spec(recs, a.model, dataset, epochs, source, a.trials or 1, a.repeats or 3, a.subset)
     from ..runner import local_instance
     # missing data stops only a --confirm run here; a printed spec may be run where its data is
     _check_spec(spec, trials_here=a.confirm and local_instance(a.address))
@@ -172,6 +187,7 @@ def main(a) -> int:
     failed = [(name, _why_none(g)) for name, g in used[used["strategy"] != "baseline"].groupby("strategy", sort=True)
               if name not in done and (not a.strategy or name in a.strategy)]
     lines = explain(recs, datasets, a.model, target, epochs, a.max_accuracy_drop, failed)
+    lines += [f"# left out: {n}" for n in left_out]
     if not spec["strategies"] and not a.confirm:
         warnings.warn("no strategy's recommendation held the accuracy-drop limit with time saved; "
                       "the spec below runs the baseline only", stacklevel=2)
@@ -218,11 +234,12 @@ def _confirm(spec: dict, out: Path, a) -> int:
     return 0 if held_all else 1
 
 
-def _evaluate(trials, a) -> int:
+def _evaluate(trials, a, left_out=()) -> int:
     from .. import recommend as rec
 
     for flag, v in (("--dataset", a.dataset), ("--confirm", a.confirm or None), ("--strategy", a.strategy),
-                    ("--epochs", a.epochs), ("--subset", a.subset), ("--output", a.output), ("--address", a.address)):
+                    ("--epochs", a.epochs), ("--subset", a.subset), ("--trials", a.trials), ("--repeats", a.repeats),
+                    ("--output", a.output), ("--address", a.address)):
         if v is not None:
             raise UserError(flag, "does not apply to --evaluate (it holds out each dataset in DIR in turn)")
     if a.model is not None:
@@ -233,7 +250,8 @@ def _evaluate(trials, a) -> int:
     summary = rec.summarize(ev)
     if a.format == "json":
         print(json.dumps({"max_accuracy_drop_pp": a.max_accuracy_drop, "folds": json_records(ev.to_dict("records")),
-                          "summary": json_records(summary.to_dict("records"))}, indent=1, allow_nan=False))
+                          "summary": json_records(summary.to_dict("records")),
+                          "left_out": list(left_out)}, indent=1, allow_nan=False))
         return 0
     print(f"leave-one-dataset-out, accuracy drop limit {a.max_accuracy_drop:g} pp: the recommendation from the other"
           " datasets, scored on the held-out study (kernel-smoothed), against the most time saved by that study's own"
@@ -247,6 +265,8 @@ def _evaluate(trials, a) -> int:
               _regret(s.max_regret)] for s in summary.itertuples()]
     print(_table(["strategy", "held-out datasets", "limit held", "mean regret where held", "max regret where held"],
                  srows))
+    for n in left_out:
+        print(f"left out: {n}")
     return 0
 
 

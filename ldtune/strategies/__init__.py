@@ -46,10 +46,12 @@ def import_plugins(modules, field: str = "plugins") -> None:
     for module in modules:
         try:
             importlib.import_module(module)
-        except UserError:
-            raise
+        except UserError as e:  # a plugin's own complaint (register's name clash), under this field
+            raise UserError(field, e.message) from None
         except ImportError as e:
-            raise UserError(field, f"cannot import {module!r}: {e}") from None
+            hint = (" (a plugin must be installed or on PYTHONPATH; for one in this directory: PYTHONPATH=$PWD)"
+                    if isinstance(e, ModuleNotFoundError) and e.name == module.split(".")[0] else "")
+            raise UserError(field, f"cannot import {module!r}: {e}{hint}") from None
         except Exception as e:  # the module raised, has a syntax error, or its name is not a module's
             raise UserError(field, f"cannot import {module!r}: {type(e).__name__}: {e}") from None
 
