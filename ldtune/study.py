@@ -244,7 +244,7 @@ def from_dict(raw: dict) -> Study:
         raise UserError(f"strategies.{ALL}.search", "give search spaces per strategy, not under `all`")
     for name in named:
         if name not in strategies.REGISTRY:
-            raise UserError(f"strategies.{name}", f"unknown strategy; known: {', '.join(sorted(strategies.REGISTRY))}")
+            raise strategies.unknown(f"strategies.{name}", load_with="plugins: [MODULE] in the spec")
     implicit = set()  # the strategies that `all` adds
     if default is not None:
         for name in sorted(strategies.REGISTRY):

@@ -80,7 +80,9 @@ def test_strategies_lists_every_registered_one_with_units_and_shows_a_card(capsy
     card = capsys.readouterr().out
     assert card.startswith("== freezeout\n") and "Paper:" in card and "t0:" in card
     assert main(["strategies", "nosuch"]) == 2
-    assert capsys.readouterr().err.startswith("ldtune: error: strategy: unknown strategy 'nosuch'")
+    err = capsys.readouterr().err
+    assert err.startswith("ldtune: error: strategy: unknown strategy 'nosuch'; known: baseline, ")
+    assert err.endswith(" (for a plugin's, load it with --plugin MODULE)\n")
 
 
 def test_argparse_errors_exit_2(capsys):

@@ -187,6 +187,15 @@ def test_spec_errors_say_how_to_fix_them(tmp_path, capsys, change, message):
     assert capsys.readouterr().err.startswith(f"ldtune: error: {message}")
 
 
+def test_an_unknown_strategy_says_how_a_plugins_loads(tmp_path, capsys):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(yaml.safe_dump(_merge(GOOD, {"strategies": {"my_freeze": {"trials": 1}}})))
+    assert cli.main(["validate", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ldtune: error: strategies.my_freeze: unknown strategy; known: baseline, ")
+    assert err.endswith(" (for a plugin's, load it with plugins: [MODULE] in the spec)\n") and err.count("\n") == 1
+
+
 def test_all_leaves_out_the_strategies_the_model_cannot_take():
     with pytest.warns(UserWarning, match="strategies.all: depth_dropout, stochastic_depth left out; vgg11_bn"):
         s = study_mod.from_dict(_merge(GOOD, {"workload": {"model": "vgg11_bn", "width": None}}))

@@ -47,7 +47,7 @@ def parse_runs(names: str | None, sets: list[str]) -> list[tuple[str, dict]]:
             raise UserError("--strategies", "names no strategy")
         for i, n in enumerate(chosen):
             if n not in strategies.REGISTRY:
-                raise UserError("--strategies", f"unknown strategy {n!r}; known: {', '.join(sorted(strategies.REGISTRY))}")
+                raise strategies.unknown("--strategies", n)
             if n in chosen[:i]:
                 raise UserError("--strategies", f"{n!r} named twice (one row per strategy; --repeats repeats runs)")
     hps: dict[str, dict] = {n: {} for n in chosen}

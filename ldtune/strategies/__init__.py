@@ -56,9 +56,16 @@ def import_plugins(modules, field: str = "plugins") -> None:
             raise UserError(field, f"cannot import {module!r}: {type(e).__name__}: {e}") from None
 
 
+def unknown(field: str, name: str | None = None, load_with: str = "--plugin MODULE") -> UserError:
+    """The error for a strategy name not in the registry, naming ``field`` (and ``name`` where the
+    field is not the name itself), with the way to load a plugin's (``load_with``)."""
+    what = "unknown strategy" if name is None else f"unknown strategy {name!r}"
+    return UserError(field, f"{what}; known: {', '.join(sorted(REGISTRY))} (for a plugin's, load it with {load_with})")
+
+
 def get(name: str) -> type[Strategy]:
     if name not in REGISTRY:
-        raise UserError("strategy", f"unknown strategy {name!r}; known: {', '.join(sorted(REGISTRY))}")
+        raise unknown("strategy", name)
     return REGISTRY[name]
 
 
@@ -68,4 +75,4 @@ def create(name: str, **hparams) -> Strategy:
 
 _discover()
 
-__all__ = ["REGISTRY", "register", "import_plugins", "get", "create", "Strategy", "EpochPlan", "HParam", "Context"]
+__all__ = ["REGISTRY", "register", "import_plugins", "unknown", "get", "create", "Strategy", "EpochPlan", "HParam", "Context"]
