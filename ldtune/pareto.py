@@ -68,6 +68,17 @@ def read_table(path: Path, needs, table: str):
     return t
 
 
+def study_name(study_dir: Path, root: Path) -> str:
+    """A study's name under ``root``: its directory's path there, or its own name when it is ``root``."""
+    return study_dir.name if study_dir == root else study_dir.relative_to(root).as_posix()
+
+
+def baselined(trials: pd.DataFrame) -> set:
+    """The studies in ``trials`` with an ``ok`` baseline trial: the ones whose ``time_saved`` and
+    ``accuracy_delta`` are measured (against it)."""
+    return set(trials.loc[(trials["strategy"] == "baseline") & (trials["status"] == "ok"), "study"])
+
+
 def load(directory, table: str = "trials") -> pd.DataFrame:
     """Every study's ``trials`` (or ``epochs``) table under ``directory`` as one pandas frame.
 
@@ -94,7 +105,7 @@ def load(directory, table: str = "trials") -> pd.DataFrame:
         df = read_table(path, REQUIRED[table], table).to_pandas()
         if "study" in df.columns:
             df = df.drop(columns="study")
-        df.insert(0, "study", d.name if d == root else d.relative_to(root).as_posix())
+        df.insert(0, "study", study_name(d, root))
         frames.append(df)
     if not frames:
         raise UserError(str(root), f"no {table}.parquet in any study directory")

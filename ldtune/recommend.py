@@ -237,14 +237,19 @@ def recommend_strategy(trials: pd.DataFrame, strategy: str, max_accuracy_drop: f
                           fixed_settings(strategy, t, dims))
 
 
+def check_model(trials: pd.DataFrame, model: str) -> None:
+    """A model with no trials in ``trials`` is the user's to mend (``--model``)."""
+    models = sorted(trials["model"].dropna().unique())
+    if model not in models:
+        raise UserError("--model", f"no trials of model {model!r} (present: {', '.join(models) or 'none'})")
+
+
 def recommend(trials: pd.DataFrame, model: str, exclude_dataset: str | None = None,
               max_accuracy_drop: float = DEFAULT_DROP, bandwidth: float = BANDWIDTH) -> list[Recommendation]:
     """One recommendation per strategy (baseline aside) for ``model``, from every dataset but ``exclude_dataset``."""
     if max_accuracy_drop is None or not np.isfinite(max_accuracy_drop) or max_accuracy_drop < 0:
         raise UserError("--max-accuracy-drop", f"must be a number of percentage points >= 0, got {max_accuracy_drop}")
-    models = sorted(trials["model"].dropna().unique())
-    if model not in models:
-        raise UserError("--model", f"no trials of model {model!r} (present: {', '.join(models) or 'none'})")
+    check_model(trials, model)
     t = trials[trials["model"] == model]
     if exclude_dataset is not None:
         t = t[t["dataset"] != exclude_dataset]

@@ -13,7 +13,7 @@ def subset_text(subset: int | None) -> str:
 
 def is_missing(v) -> bool:
     """None, a float NaN (NumPy's too) or pandas' NA: a cell with no value."""
-    return v is None or v is _na() or isinstance(v, float) and v != v
+    return v is None or isinstance(v, float) and v != v or type(v).__name__ == "NAType"
 
 
 def json_value(v):
@@ -25,11 +25,3 @@ def json_value(v):
 def json_records(records) -> list[dict]:
     """Records (``DataFrame.to_dict("records")``) with every cell as :func:`json_value` makes it."""
     return [{k: json_value(v) for k, v in r.items()} for r in records]
-
-
-def _na():
-    try:
-        import pandas as pd
-    except ImportError:  # `ldtune train` and `bench` run where only PyTorch is installed
-        return None
-    return pd.NA

@@ -90,16 +90,15 @@ def front_table(a):
 
 def no_baseline(trials, a) -> list[str]:
     """One note per (study, model, dataset) of the filters whose trials have no ``ok`` baseline."""
+    from ..pareto import baselined
     t = trials
     for col, v in (("study", a.study), ("model", a.model), ("dataset", a.dataset)):
         t = t[t[col] == v] if v is not None else t
     notes = []
-    for (study, model, dataset), g in t.groupby(KEYS, sort=True):
-        base = g[g["strategy"] == "baseline"]
-        if not (base["status"] == "ok").any():
-            why = (f"its {plural(len(base), 'baseline trial')} did not finish ok" if len(base)
-                   else "it has no baseline trial")
-            notes.append(f"{_section(study, model, dataset)}: no front: {why}, and time saved is measured against the baseline")
+    for (study, model, dataset), g in t[~t["study"].isin(baselined(t))].groupby(KEYS, sort=True):
+        base = (g["strategy"] == "baseline").sum()
+        why = f"its {plural(base, 'baseline trial')} did not finish ok" if base else "it has no baseline trial"
+        notes.append(f"{_section(study, model, dataset)}: no front: {why}, and time saved is measured against the baseline")
     return notes
 
 

@@ -57,10 +57,10 @@ def source_spec(directory, model: str, studies=None) -> dict:
     depth, as ``ldtune pareto`` finds them; only those named in ``studies``, if given) that saved
     its ``study.yaml`` (the runner does), and ``path``, that file; ``{"workload": {"model": model}}``
     if none did."""
+    from ..pareto import study_name
     root = Path(directory)
     for path in sorted(root.rglob("study.yaml")):
-        name = path.parent.name if path.parent == root else path.parent.relative_to(root).as_posix()
-        if studies is not None and name not in studies:
+        if studies is not None and study_name(path.parent, root) not in studies:
             continue
         try:
             spec = yaml.safe_load(path.read_text()) or {}
@@ -130,7 +130,8 @@ def _why_none(g) -> str:
 def measured(trials, directory):
     """The trials of the studies with an ``ok`` baseline (time saved and the accuracy delta are
     measured against it), and one comment line per study left out for want of one."""
-    based = set(trials.loc[(trials["strategy"] == "baseline") & (trials["status"] == "ok"), "study"])
+    from ..pareto import baselined
+    based = baselined(trials)
     if not based:
         raise UserError(str(directory), "no study here has a baseline trial that finished ok; time saved and "
                                         "accuracy are measured against it")
@@ -146,9 +147,8 @@ def main(a) -> int:
 
     trials = load(a.dir)
     import_study_plugins(a.dir)  # a plugin strategy's search space and units, as for a built-in one
-    models = sorted(trials["model"].dropna().unique())
-    if a.model is not None and a.model not in models:
-        raise UserError("--model", f"no trials of model {a.model!r} (present: {', '.join(models) or 'none'})")
+    if a.model is not None:
+        rec.check_model(trials, a.model)
     trials, left_out = measured(trials, a.dir)
     if a.evaluate:
         return _evaluate(trials, a, left_out)
