@@ -241,7 +241,7 @@ def check_model(trials: pd.DataFrame, model: str) -> None:
     """A model with no trials in ``trials`` is the user's to mend (``--model``)."""
     models = sorted(trials["model"].dropna().unique())
     if model not in models:
-        raise UserError("--model", f"no trials of model {model!r} (present: {', '.join(models) or 'none'})")
+        raise UserError("--model", f"no trials with model {model!r} (present: {', '.join(models) or 'none'})")
 
 
 def recommend(trials: pd.DataFrame, model: str, exclude_dataset: str | None = None,

@@ -226,7 +226,7 @@ def test_cli_confirm_runs_a_short_study_on_the_new_dataset(results, tmp_path, ca
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--model", "vgg11_bn"], "ldtune: error: --model: no trials of model 'vgg11_bn'"),
+    (["--model", "vgg11_bn"], "ldtune: error: --model: no trials with model 'vgg11_bn'"),
     ([], "ldtune: error: --model: required"),
     (["--model", "resnet20", "--max-accuracy-drop", "-2"], "ldtune: error: --max-accuracy-drop: "),
     (["--model", "resnet20", "--epochs", "0"], "ldtune: error: --epochs: "),
@@ -238,7 +238,7 @@ def test_cli_confirm_runs_a_short_study_on_the_new_dataset(results, tmp_path, ca
     (["--evaluate", "--dataset", "digits"], "ldtune: error: --dataset: does not apply to --evaluate"),
     (["--evaluate", "--confirm"], "ldtune: error: --confirm: does not apply to --evaluate"),
     (["--evaluate", "--trials", "5"], "ldtune: error: --trials: does not apply to --evaluate"),
-    (["--evaluate", "--model", "nope"], "ldtune: error: --model: no trials of model 'nope' (present: resnet20)\n"),
+    (["--evaluate", "--model", "nope"], "ldtune: error: --model: no trials with model 'nope' (present: resnet20)\n"),
     (["--model", "resnet20", "--dataset", "digits", "--subset", "0"], "ldtune: error: --subset: must be"),
     # the spec's data is loaded before it is printed
     (["--model", "resnet20", "--dataset", "digits", "--subset", "2000"],
@@ -328,3 +328,15 @@ def test_the_source_workload_is_found_as_deep_as_the_studies(tmp_path):
     assert source_spec(tmp_path / "results", "resnet20") == {
         "workload": {"model": "resnet20", "lr": 0.1}, "test_subset": 500, "path": deep / "study.yaml"}
     assert source_spec(tmp_path / "results", "vgg11_bn") == {"workload": {"model": "vgg11_bn"}}
+
+
+def test_cli_header_names_the_datasets_of_the_strategies_asked_for(results, capsys):
+    """With --strategy, the header's datasets are those the chosen strategies' evidence comes from."""
+    d = results / "transfer_digits"
+    trials = pd.read_parquet(d / "trials.parquet")
+    trials[trials["strategy"] != "layerdropback"].to_parquet(d / "trials.parquet")
+    assert cli(["recommend", str(results), "--model", "resnet20", "--strategy", "layerdropback"]) == 0
+    out = capsys.readouterr().out
+    assert "from 2 datasets (fashion_mnist, mnist5k)" in out and "#   digits" not in out
+    assert cli(["recommend", str(results), "--model", "resnet20", "--strategy", "freezing"]) == 0
+    assert "from 3 datasets (digits, fashion_mnist, mnist5k)" in capsys.readouterr().out

@@ -171,7 +171,9 @@ def main(a) -> int:
                 raise UserError("--strategy", f"no recommendation for {s!r} (strategies with trials: {', '.join(known)})")
         recs = [r for r in recs if r.strategy in a.strategy]
     used = trials[(trials["model"] == a.model) & (trials["dataset"] != a.dataset)]
-    datasets = sorted(used["dataset"].unique())
+    # the header names the datasets the printed strategies' evidence comes from
+    shown = used[used["strategy"].isin(a.strategy)] if a.strategy else used
+    datasets = sorted(shown["dataset"].unique())
     source = source_spec(a.dir, a.model, set(trials["study"]))
     epochs = a.epochs or int(source["workload"].get("epochs") or used["epochs"].median())
     dataset = a.dataset or source["workload"].get("dataset") or datasets[0]
