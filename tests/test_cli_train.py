@@ -188,6 +188,30 @@ def test_the_readmes_plugin_example_trains_and_saves_what_it_freezes(tmp_path, m
         sys.modules.pop("my_freeze", None)
 
 
+def test_the_conformance_suite_runs_over_the_readmes_plugin_as_the_readme_says(tmp_path):
+    """The README's command runs the whole conformance class over its plugin example (and fails
+    for a plugin that says it freezes but never does within the suite's runs)."""
+    import os
+    import re
+    from pathlib import Path
+    root = Path(__file__).parents[1]
+    section = (root / "README.md").read_text()[(root / "README.md").read_text().index("### A strategy of your own"):]
+    (tmp_path / "my_freeze.py").write_text(re.search(r"```python\n(.*?)```", section, re.S).group(1))
+    command = next(line for line in re.findall(r"```bash\n(.*?)```", section, re.S)[0].splitlines()
+                   if "--plugin my_freeze" in line)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    classes = sum(1 for line in (root / "tests" / "test_conformance.py").read_text().splitlines()
+                  if re.match(r"    def test_", line))
+    ran = subprocess.run(["bash", "-c", command + " -p no:cacheprovider"], cwd=root, env=env, capture_output=True,
+                         text=True)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-2000:]
+    assert re.search(rf"\b{classes} passed", ran.stdout), ran.stdout[-2000:]
+    # without the setting, its default warm-up (2 epochs) never freezes in a 2-epoch run: the skip check fails
+    ran = subprocess.run(["bash", "-c", command.replace(" --hparam my_freeze.warmup_epochs=1", "") + " -p no:cacheprovider"],
+                         cwd=root, env=env, capture_output=True, text=True)
+    assert ran.returncode == 1 and "FAILED tests/test_conformance.py::TestConformance::test_skips_show_in_cost_accounting[my_freeze]" in ran.stdout
+
+
 def test_a_reader_that_stops_early_gets_no_traceback():
     """`ldtune strategies | head -1`: the pipe closes before ldtune writes; that ends the command
     quietly, with the status a shell gives a command ended by SIGPIPE."""

@@ -5,8 +5,12 @@ with finite loss; the whole net evaluates afterwards; what the strategy skipped 
 cached prefix, branches switched off, weights without gradients) shows in the cost accounting,
 and the accounting equals the FLOPs that FlopCounterMode sees the real steps run (a masked skip,
 computed then zeroed, would count more); seeded runs repeat exactly, also when taken in turn
-with another strategy's run, as ``ldtune bench`` takes them; a bad hyperparameter given
-to ``ldtune train --set`` exits 2 naming the field.
+with another strategy's run, as ``ldtune bench`` takes them, and another seed gives another run
+(its own random skips included); a bad hyperparameter given to ``ldtune train --set`` exits 2
+naming the field.
+
+A plugin's strategies join the suite with ``--plugin MODULE`` (tests/conftest.py), and
+``--hparam NAME.KEY=VALUE`` gives one the settings that let it skip work within a 2-epoch run.
 """
 from __future__ import annotations
 
@@ -36,10 +40,22 @@ WORKLOAD = dict(model="resnet20", width=4, dataset="fashion_mnist", subset=384, 
 # their first selection would come after the last.
 MEASURE_EVERY = 3  # steps: FlopCounterMode watches steps 1, 4, 7, ... of each epoch
 SHORT_RUN = {"layerdropback": {"s": 1}, "learn_drop": {"warmup_epochs": 0}, "freezing": {"warmup_epochs": 0}}
+# built-in strategies whose skips are random draws (from the run's seeded ``ctx.rng``): the suite checks
+# that it sees them drawing, so that its check of the draws following the seed is not vacuous for them
+DRAW_AT_RANDOM = {"layerdropback", "depth_dropout", "stochastic_depth"}
+
+
+GIVEN: dict[str, dict] = {}  # --hparam NAME.KEY=VALUE (tests/conftest.py), per strategy
+
+
+@pytest.fixture(scope="module", autouse=True)
+def given_hparams(request):
+    GIVEN.clear()
+    GIVEN.update(request.config.ldtune_hparams)
 
 
 def short_run_hparams(name: str) -> dict:
-    return {k: v for k, v in SHORT_RUN.get(name, {}).items() if k in REGISTRY[name].hparams}
+    return {k: v for k, v in {**SHORT_RUN.get(name, {}), **GIVEN.get(name, {})}.items() if k in REGISTRY[name].hparams}
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +73,9 @@ class Observed(Strategy):
     (on every ``MEASURE_EVERY``-th step the counter is entered at ``step_start`` and left at
     ``after_backward``: forward + backward; counting every step would make the runs ten times slower)."""
 
-    def __init__(self, inner: Strategy):  # no validation of its own: the inner strategy has done it
+    def __init__(self, inner: Strategy, rng_seed: int | None = None):  # no validation of its own
         self.inner, self.name, self.hp = inner, inner.name, inner.hp
+        self.rng_seed = rng_seed  # reseeds ctx.rng (the strategy's own draws) alone, when given
         self.steps: list[dict] = []  # per step: epoch, skipped, counted, full, measured
         self.epoch_flops: list[int] = []
         self.cached = 0
@@ -73,6 +90,8 @@ class Observed(Strategy):
 
     def setup(self, ctx):
         self.ctx = ctx
+        if self.rng_seed is not None:
+            ctx.rng.manual_seed(self.rng_seed)
         self.inner.setup(ctx)
 
     def epoch_start(self, epoch):
@@ -112,7 +131,11 @@ class Observed(Strategy):
                    or any(not p.requires_grad for b in live for p in b.parameters())
                    or any(not p.requires_grad for p in model.head.parameters()))
         counted = cost.step(plan.cached, plan.frozen) * bs
-        self.steps.append({"epoch": self.epoch, "skipped": skipped, "counted": counted,
+        # what this step skipped, in full: which blocks, branches and weights took part
+        signature = (plan.frozen, plan.cached, bs, plan.lr_scale,
+                     tuple(b.run_branch for b in live if isinstance(b, ResidualUnit)),
+                     tuple(p.requires_grad for p in [*live.parameters(), *model.head.parameters()]))
+        self.steps.append({"epoch": self.epoch, "skipped": skipped, "counted": counted, "signature": signature,
                            "full": cost.full_step() * bs,
                            "measured": self.counter.get_total_flops() if self.counter is not None else None})
         self.epoch_flops[-1] += counted
@@ -125,10 +148,10 @@ class Observed(Strategy):
         self.inner.teardown()
 
 
-def _run(name, data, observe=False):
+def _run(name, data, observe=False, seed=WORKLOAD["seed"], rng_seed=None):
     s = create(name, **short_run_hparams(name))
-    s = Observed(s) if observe else s
-    res = fit(Workload(**WORKLOAD), s, data=data)
+    s = Observed(s, rng_seed) if observe else s
+    res = fit(Workload(**WORKLOAD | {"seed": seed}), s, data=data)
     return s, res
 
 
@@ -192,6 +215,22 @@ class TestConformance:
         keys = ("train_loss", "test_accuracy", "epoch_flops", "active_blocks", "trainable_params")
         assert [[r[k] for k in keys] for r in again.epochs] == [[r[k] for k in keys] for r in first.epochs]
         assert again.train_flops == first.train_flops
+
+    def test_another_seed_gives_another_run(self, name, observed, data):
+        """The seed reaches the weights' initialisation and the batch order (the loss changes), and
+        the strategy's own draws: a strategy whose skips change when ``ctx.rng`` alone is reseeded
+        draws them from it, and must then skip differently with another seed."""
+        s, first = observed
+        other_s, other = _run(name, data, observe=True, seed=WORKLOAD["seed"] + 1)
+        assert [r["train_loss"] for r in other.epochs] != [r["train_loss"] for r in first.epochs]
+        reseeded, _ = _run(name, data, observe=True, rng_seed=WORKLOAD["seed"] + 1000)
+
+        def skips(o):
+            return [st["signature"] for st in o.steps]
+        draws = skips(reseeded) != skips(s)
+        assert draws or name not in DRAW_AT_RANDOM, name
+        if draws:
+            assert skips(other_s) != skips(s), name
 
     def test_a_run_taken_in_turn_with_another_gives_the_same_result(self, name, observed, data):
         """``ldtune bench`` takes its runs in turn a step at a time (``ldtune.bench.in_turn``); a run

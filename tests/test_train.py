@@ -32,6 +32,31 @@ def test_seeded_runs_repeat_exactly(fmnist_small):
     assert c.epochs[0]["train_loss"] != a.epochs[0]["train_loss"]
 
 
+class SeedProbe(Strategy):
+    """Trains like the baseline and notes what each source of randomness gave the run: the initial
+    weights, the first batch (the batch order) and the strategy's own generator (``ctx.rng``)."""
+    name = ""  # not registered
+
+    def setup(self, ctx):
+        self.seen = {"weights": float(sum(p.detach().double().sum() for p in ctx.model.parameters())),
+                     "draw": torch.rand(4, generator=ctx.rng).tolist()}
+        self.hook = ctx.model.blocks[0].register_forward_pre_hook(self.first_batch)
+
+    def first_batch(self, module, args):
+        self.seen["batch"] = float(args[0].double().sum())
+        self.hook.remove()
+
+
+def test_the_seed_reaches_every_source_of_randomness(fmnist_small):
+    w = dataclasses.replace(W, epochs=1)
+    runs = [SeedProbe(), SeedProbe(), SeedProbe()]
+    for probe, seed in zip(runs, (0, 0, 1)):
+        assert fit(dataclasses.replace(w, seed=seed), probe, data=fmnist_small).status == "ok"
+    a, b, c = (p.seen for p in runs)
+    assert a == b and a.keys() == {"weights", "draw", "batch"}
+    assert all(c[k] != a[k] for k in a), (a, c)  # another seed: other weights, another batch order, other draws
+
+
 def test_divergence_is_a_status_not_a_crash(fmnist_small):
     r = fit(dataclasses.replace(W, lr=1e8, epochs=2), strategies.create("baseline"), data=fmnist_small)
     assert r.status == "diverged" and "non-finite" in r.error
