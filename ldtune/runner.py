@@ -590,14 +590,20 @@ def _run(study: Study, study_dir: Path, left: Left, callbacks: list, stream: Tex
         print(f"done: {plural(len(outcome.trial_time_s), 'trial')} in {outcome.wall_s:.1f}s wall, {busy:.1f}s of it with "
               f"a trial running; the trials themselves ran {own:.1f}s ({fit_s:.1f}s of it training and evaluation): "
               f"platform overhead {outcome.wall_s / busy - 1:+.1%}", file=stream, flush=True)
-    for device, runs, spread in baseline_noise(outcome.trials):
+    report_noise(outcome.trials, stream)
+    return outcome
+
+
+def report_noise(trials, stream) -> None:
+    """The noise floor of the study's time savings, per device, on ``stream``; a warning where it is
+    above ``NOISY``."""
+    for device, runs, spread in baseline_noise(trials):
         print(f"baseline on {device}: {runs} runs, half their range ±{spread:.1%} of their median training time; "
               "smaller time_saved differences are timing noise", file=stream, flush=True)
         if spread > NOISY:
             warnings.warn(f"baseline training times on {device}: half their range ±{spread:.1%} of their median: the machine was busy or the "
                           "runs are too short to time; time_saved is unreliable (more baseline.repeats, longer "
-                          "runs, or a quiet machine)", stacklevel=2)
-    return outcome
+                          "runs, or a quiet machine)", stacklevel=3)
 
 
 def busy_seconds(spans) -> float:

@@ -343,6 +343,20 @@ def test_run_exits_1_when_a_trial_failed_and_keeps_the_others(ray_local, tmp_pat
     assert probe.seen[-1][1] == {**probe.seen[0][1], "baseline-001": "ok"}
 
 
+def test_resume_keeps_a_diverged_trial_and_runs_a_failed_one_again(finished, spec_file):
+    """A diverged trial is a result (those settings diverge), kept as it is; an error may have been
+    the machine's, so its trial runs again with the settings it failed with."""
+    study_dir, outcome = finished
+    status = outcome.trials.set_index("trial_id")["status"]
+    assert status["boom-001"] == "error" and status["boom-002"] == "diverged"
+    left = runner._left(study_mod.load(spec_file), study_dir)
+    kept = {r["trial_id"]: r["status"] for r in left.rows}
+    assert kept == status.drop("boom-001").to_dict()
+    assert [r["trial_id"] for r in left.standing.rows] == ["boom-001"]
+    assert {r["trial_id"] for r in left.epoch_rows} == set(kept)  # boom-001 raised before an epoch ended
+    assert left.slots == [("boom", 1)]
+
+
 def test_searcher_starts_no_strategy_trial_before_the_first_baseline_ends():
     slots = [("baseline", 0), ("freezeout", 0), ("boom", 0), ("baseline", 1)]
     searcher = runner._searcher_class()(list(slots), {}, lambda slot, hparams: {"slot": slot})
@@ -418,6 +432,21 @@ def test_baseline_noise_per_device_from_two_ok_runs():
                        "device_name": ["cpu"] * 3 + ["cuda:H100"] * 2 + ["cpu"], "train_time_s": [9, 11, 1, 4, 4, 1]})
     assert runner.baseline_noise(df) == [("cpu", 2, pytest.approx(0.1)), ("cuda:H100", 2, 0.0)]
     assert runner.baseline_noise(df.iloc[[0, 2, 5]]) == []  # one ok baseline: no spread to state
+
+
+def test_baseline_noise_above_ten_percent_warns(recwarn):
+    """The run states each device's noise floor; above 10% it warns that time_saved is unreliable."""
+    import io
+    df = pd.DataFrame({"strategy": ["baseline"] * 4, "status": ["ok"] * 4, "device_name": ["cpu"] * 2 + ["gpu"] * 2,
+                       "train_time_s": [9.0, 11.0, 8.0, 12.0]})  # half-range over median: 10% and 20%
+    out = io.StringIO()
+    runner.report_noise(df, out)
+    assert out.getvalue().splitlines() == [
+        f"baseline on {d}: 2 runs, half their range ±{x} of their median training time; smaller time_saved "
+        "differences are timing noise" for d, x in (("cpu", "10.0%"), ("gpu", "20.0%"))]
+    assert [str(w.message) for w in recwarn] == [
+        "baseline training times on gpu: half their range ±20.0% of their median: the machine was busy or the runs "
+        "are too short to time; time_saved is unreliable (more baseline.repeats, longer runs, or a quiet machine)"]
 
 
 def test_resume_with_a_changed_search_names_the_bound_and_an_added_strategy_is_allowed(tmp_path):
