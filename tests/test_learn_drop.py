@@ -147,6 +147,24 @@ def test_strategy_selects_from_its_scores(tmp_path, standardize_over, use_median
     assert rec["drop_selected"] == (3 if use_median else 6)
 
 
+@pytest.mark.parametrize("name", ["learn_drop", "freezing"])
+@pytest.mark.parametrize("selection, min_drop, selected", [("eq4", 1, 2), ("eq4", 3, 0),
+                                                            ("max_prefix_sum", 1, 6), ("max_prefix_sum", 7, 0)])
+def test_selection_and_min_drop_reach_the_strategys_choice(tmp_path, name, selection, min_drop, selected):
+    """Scores whose P' signs are + + - + + + - - - -: Eq. 4 stops at the first sign change (2 blocks),
+    the text's maximum-sum prefix takes 6; a drop of fewer than ``min_drop`` blocks waits."""
+    from ldtune.strategies import Context
+    model = models.build("resnet20", 1, 10, width=4)
+    ctx = Context(model=model, epochs=3, steps_per_epoch=2, batch_size=8, lr=0.1, device=torch.device("cpu"),
+                  seed=0, rng=torch.Generator(), cost=None, workdir=tmp_path)
+    s = strategies.create(name, warmup_epochs=0, selection=selection, min_drop=min_drop)
+    s.setup(ctx)
+    _, rec = _epoch(s, model, 0, [0.9, 0.9, 0.1, 0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1])
+    assert [x > 0 for x in rec["layer_scores_std"]] == [True, True, False, True, True, True, False, False, False, False]
+    assert rec["drop_selected"] == selected
+    assert s.epoch_start(1).frozen == selected
+
+
 # ---------------------------------------------------------------- real runs
 class _ForcedDrop:
     """Select K blocks at the end of epoch 0 (whatever the scores), and snapshot them at the start
@@ -286,7 +304,8 @@ def test_real_selection_replays_from_the_record(data):
                                             ("selection=median", "learn_drop.selection"),
                                             ("min_drop=0", "learn_drop.min_drop"),
                                             ("median_rule=maybe", "learn_drop.median_rule"),
-                                            ("cache=disk", "learn_drop.cache")])
+                                            ("standardize=some", "learn_drop.standardize"),
+                                            ("no_such=1", "learn_drop.no_such")])
 def test_bad_hyperparameter_exits_2_naming_the_field(setting, field, capsys):
     assert cli.main(["train", "--strategy", "learn_drop", "--set", setting]) == 2
     err = capsys.readouterr().err.strip().splitlines()

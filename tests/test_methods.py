@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from ldtune import batchnorm, models
+from ldtune.models import ResidualUnit
 from ldtune.data import trim_test_set
 from ldtune.cost import CostTable
 from ldtune.data import load
@@ -214,11 +215,38 @@ def test_depth_dropout_draws_once_per_unit_per_step_and_evaluates_unscaled():
     assert len({tuple(m) for m in masks}) > 50  # fresh draws every step
     assert all(not u.downsample for u in s.units)
     assert all(isinstance(u.shortcut[0], torch.nn.Conv2d) and u.shortcut[0].kernel_size == (1, 1) for u in s.units)
-    # evaluation: every branch runs, unscaled, whatever the last draw was
+    # evaluation: every branch runs, unscaled, whatever the last draw was (here: this unit's off)
     net.eval()
     x = torch.randn(2, 4, 28, 28)  # the first unit's input: width-4 maps
     u = s.units[0]
+    u.run_branch = False
     assert torch.equal(u(x), u.post(u.shortcut(x) + u.branch(x)))
+
+
+@pytest.mark.parametrize("drop_downsample", [False, True])
+@pytest.mark.parametrize("shortcut_relu", [False, True])
+def test_depth_dropout_shortcuts_start_as_the_identity_and_its_flags_act(drop_downsample, shortcut_relu):
+    """Each identity shortcut becomes a 1x1 conv (identity weights) + BN (+ ReLU with
+    ``shortcut_relu``); a down-sampling unit keeps its projection, and drops only with ``drop_downsample``."""
+    net = models.build("resnet20", 1, 10, width=4)
+    units = [b for b in net.blocks if isinstance(b, ResidualUnit)]
+    projections = {id(u): u.shortcut for u in units if u.downsample}
+    assert len(projections) == 2  # ResNet-20: stages 2 and 3 begin by down-sampling
+    s = create("depth_dropout", drop_downsample=drop_downsample, shortcut_relu=shortcut_relu)
+    s.prepare_model(net)
+    assert [id(u) for u in s.units] == [id(u) for u in units if drop_downsample or not u.downsample]
+    for u in units:
+        if u.downsample:
+            assert u.shortcut is projections[id(u)]
+            continue
+        layers = list(u.shortcut)
+        assert [type(m) for m in layers] == [torch.nn.Conv2d, torch.nn.BatchNorm2d] + [torch.nn.ReLU] * shortcut_relu
+        c = layers[0].out_channels
+        assert torch.equal(layers[0].weight, torch.eye(c)[:, :, None, None]) and layers[0].weight.requires_grad
+        u.shortcut.eval()  # fresh BatchNorm statistics: y = x / sqrt(1 + eps)
+        x = torch.randn(2, c, 7, 7)
+        y = x.relu() if shortcut_relu else x
+        assert torch.allclose(u.shortcut(x), y / (1 + layers[1].eps) ** 0.5, atol=1e-6)
 
 
 def test_bn_recalibration_averages_the_batch_statistics_of_the_net_as_evaluated():
@@ -291,6 +319,7 @@ def test_depth_dropout_recalibration_of_one_image_is_refused():
     with pytest.raises(UserError, match="depth_dropout.recalibrate_bn"):
         create("depth_dropout", recalibrate_bn=1)
     assert create("depth_dropout", recalibrate_bn=0).epoch_start(0).recalibrate_bn == 0  # off: the paper
+    assert create("depth_dropout", recalibrate_bn=2).epoch_start(1).recalibrate_bn == 2  # every epoch
 
 
 # ---------------------------------------------------------------- stochastic depth
@@ -349,23 +378,26 @@ def test_layerdropback_drop_epochs_follow_eq1(s_):
         assert (pl.batch_size, pl.lr_scale) == ((128, 2.0) if e in drops else (None, 1.0))  # Eq. 4, kappa = 2
 
 
-@pytest.mark.parametrize("reading", ["text", "equations"])
-def test_layerdropback_selection(reading):
+@pytest.mark.parametrize("reading, keep_first", [("text", 4), ("equations", 4), ("text", 9)])
+def test_layerdropback_selection(reading, keep_first):
     net = models.build("resnet20", 1, 10, width=4)
-    ldb = create("layerdropback", s=1, p=0.3, reading=reading, resample="step")
+    ldb = create("layerdropback", s=1, p=0.3, reading=reading, resample="step", keep_first=keep_first)
     ldb.setup(_ctx(net, epochs=2, batch_size=64, seed=4))
     layers = layers_of(net)
     assert len(layers) == 22  # stem + 9 units x 2 convs + 2 projection convs, each with its BN; the head
     plan = ldb.epoch_start(1)
     assert plan.lr_scale == pytest.approx(2.0 if reading == "text" else 1 / 0.3)
-    off, subsets = 0, set()
+    off, subsets, first_off = 0, set(), set()
     for step in range(300):
         ldb.step_start(1, step, 0.5)
         trains = [all(p.requires_grad for p in layer) for layer in layers]
-        assert all(trains[:4]) and trains[-1]  # the first four layers and the last always update
-        off += trains[4:-1].count(False)
+        # the first keep_first layers (the paper's four by default) and the last always update
+        assert all(trains[:keep_first]) and trains[-1]
+        off += trains[keep_first:-1].count(False)
+        first_off.add(trains[keep_first])
         subsets.add(tuple(trains))
-    frac_off = off / (300 * (len(layers) - 5))
+    assert first_off == {True, False}  # the layer after them is drawn like the rest
+    frac_off = off / (300 * (len(layers) - keep_first - 1))
     assert frac_off == pytest.approx(0.3 if reading == "text" else 0.7, abs=0.03)  # p = drop rate vs Eq. 2
     assert len(subsets) > 100  # resample: step draws every step
     ldb.teardown()
