@@ -160,3 +160,20 @@ def test_runs_without_the_kernel_are_named_apart(monkeypatch):
     assert device_name(torch.device("cpu")).endswith(":aten-bn")
     net = models.build("resnet20", 1, 10, width=4, image_size=28)
     assert batchnorm.use_fused(net) == 0 and all(type(m) is not batchnorm.BatchNorm2d for m in net.modules())
+
+
+def test_ldtune_fused_bn_0_trains_with_pytorchs_batchnorm_and_says_so():
+    """The README's switch: ``LDTUNE_FUSED_BN=0`` trains with PyTorch's BatchNorm, and the run's
+    device_name says so, as a node without the kernel does."""
+    import json
+    import os
+    import subprocess
+    import sys
+    argv = [sys.executable, "-m", "ldtune", "train", "--dataset", "digits", "--width", "4", "--epochs", "1",
+            "--subset", "256", "--device", "cpu", "--json"]
+    ran = subprocess.run(argv, env={**os.environ, "LDTUNE_FUSED_BN": "0", "LDTUNE_THREADS": "1"},
+                         capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    out = json.loads(ran.stdout.splitlines()[-1])
+    assert out["status"] == "ok" and out["device_name"].endswith(":1t:aten-bn"), out["device_name"]
+    assert batchnorm.available()  # without the switch, this machine trains with the kernel

@@ -209,6 +209,14 @@ def test_cli_confirm_runs_a_short_study_on_the_new_dataset(results, tmp_path, ca
     # 0.6 of 2 epochs rounds to 1, which would select after the last epoch: the largest that acts is 0
     assert (f["dataset"], f["epochs"], f["warmup_epochs"]) == ("digits", 2, 0)
     assert list(trials["status"]) == ["ok", "ok"], trials["error"].tolist()  # both trained; the verdict is on accuracy
+    # the strategy's own per-epoch columns land in epochs.parquet (read here by pyarrow itself)
+    import pyarrow.parquet as pq
+    epochs = pq.read_table(study / "epochs.parquet").to_pylist()
+    mine = [e for e in epochs if e["trial_id"] == f["trial_id"]]
+    assert [e["epoch"] for e in mine] == [0, 1]
+    assert all(len(e["layer_scores"]) == 10 and e["drop_selected"] >= e["dropped_blocks"] for e in mine)
+    assert mine[1]["dropped_blocks"] == mine[0]["drop_selected"]
+    assert all(e["layer_scores"] is None for e in epochs if e["trial_id"] != f["trial_id"])  # the baseline has none
     held = f["accuracy_delta"] >= -0.01 - 1e-9 and f["time_saved"] > 0  # within the limit, and it saved time
     assert code == (0 if held else 1)
     assert f"# freezing          {'held' if held else 'did NOT hold'}" in out

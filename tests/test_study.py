@@ -2,6 +2,7 @@
 HParam.search; bad specs exit 2 naming the field, and nothing is written. No Ray here."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -314,3 +315,13 @@ def test_counts_read_as_english():
     from ldtune.text import plural, subset_text
     assert [plural(n, "epoch") for n in (0, 1, 2)] == ["0 epochs", "1 epoch", "2 epochs"]
     assert (subset_text(None), subset_text(512)) == ("all images", "subset 512")
+
+
+def test_a_shared_gpu_is_allowed_with_a_warning_that_timings_suffer():
+    spec = _merge(GOOD, {"workload": {"device": "cuda"}, "resources": {"gpu": 0.5}})
+    with pytest.warns(UserWarning, match=r"^resources.gpu = 0.5: trials share a GPU, which distorts their timings"):
+        s = study_mod.from_dict(spec)
+    assert s.gpu == 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a whole GPU per trial: no warning
+        assert study_mod.from_dict(_merge(spec, {"resources": {"gpu": 1}})).gpu == 1

@@ -4,7 +4,8 @@
 A strategy of your own lives in a module of its own (a *plugin*) and registers itself with
 :func:`register`; a study names the module under ``plugins:``, and its driver, its trials and
 ``ldtune pareto``/``recommend`` on its results import it (``ldtune strategies --plugin MODULE``
-shows its card). The conformance suite (tests/test_conformance.py) runs over it like any other."""
+shows its card). The conformance suite (tests/test_conformance.py) runs over it like any other, with
+``--plugin MODULE`` (README)."""
 from __future__ import annotations
 
 import importlib
