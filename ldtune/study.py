@@ -363,6 +363,10 @@ def _plan(name: str, s: StrategySpec, epochs: int) -> StrategyPlan:
 
 
 def _check(hp, key, value, where, strategy):
+    # a spec is typed YAML: a quoted number or boolean is a mistake here (``--set``'s text is not)
+    if isinstance(value, str) and hp.kind is not str:
+        what = "true or false" if hp.kind is bool else f"a number ({hp.kind.__name__})"
+        raise UserError(where, f"must be {what}, got the string {value!r} (write it without quotes)")
     try:
         return hp.check(key, value, strategy)
     except UserError as e:

@@ -111,6 +111,10 @@ BAD = [
     ({"workload": {"subset": 1439}}, "workload.subset"),  # digits holds 1,438: checked by loading it, before Ray
     ({"strategies": {"depth_dropout": {"search": {"p": float("nan")}}}}, "strategies.depth_dropout.search.p"),
     ({"strategies": {"depth_dropout": {"search": {"p": [0.1, float("nan")]}}}}, "strategies.depth_dropout.search.p"),
+    ({"strategies": {"depth_dropout": {"search": {"p": "0.5"}}}}, "strategies.depth_dropout.search.p"),
+    ({"strategies": {"depth_dropout": {"search": {"p": ["0.1", 0.5]}}}}, "strategies.depth_dropout.search.p"),
+    ({"strategies": {"freezeout": {"search": {"scale_lr": "false"}}}}, "strategies.freezeout.search.scale_lr"),
+    ({"strategies": {"freezeout": {"search": {"scale_lr": 0}}}}, "strategies.freezeout.search.scale_lr"),
     ({"plugins": ["no_such_module_here"]}, "plugins"),
     ({"plugins": [""]}, "plugins"),  # not ImportErrors: importlib's ValueError and TypeError
     ({"plugins": [".relative"]}, "plugins"),
