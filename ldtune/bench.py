@@ -100,6 +100,10 @@ def bench(w: Workload, runs: list[tuple[str, dict]], repeats: int = 2, data=None
         acc = statistics.median(x.test_accuracy for x in rs)
         paired = [1.0 - x.train_time_s / b.train_time_s if b.train_time_s > 0 else 0.0 for x, b in zip(rs, base)]
         noise = (max(paired) - min(paired)) / 2 if repeats > 1 else None
+        finished = all(x.status == "ok" for x in rs)
+        if not finished:  # a run cut short (diverged) took less time by stopping: no saving to state
+            flops_saved = time_saved = noise = None
+            paired = [None] * len(rs)
         rows.append({
             "strategy": name, "hparams": strategies.create(name, **hp).hp, "runs": len(rs),
             "train_time_s": t,  # mean over the rounds, seconds
@@ -108,11 +112,11 @@ def bench(w: Workload, runs: list[tuple[str, dict]], repeats: int = 2, data=None
             "round_time_saved": paired,  # per round, against that round's baseline run
             "round_flops_saved": [x.flops_saved for x in rs],  # per round (a seed may change what is skipped)
             "time_saved_spread": noise,  # half the range of round_time_saved (None for one repeat)
-            "efficiency": time_saved / flops_saved if flops_saved >= MIN_SAVING else None,
+            "efficiency": time_saved / flops_saved if finished and flops_saved >= MIN_SAVING else None,
             "within_noise": i > 0 and noise is not None and abs(time_saved) <= noise,  # not resolved from noise
             "test_accuracy": acc, "accuracy_delta": acc - acc_base,
             "cache_tier": rs[0].epochs[-1]["cache_tier"] if rs[0].epochs else "none",  # where cached maps lived
-            "status": "ok" if all(x.status == "ok" for x in rs) else ",".join(sorted({x.status for x in rs})),
+            "status": "ok" if finished else ",".join(sorted({x.status for x in rs})),
         })
     width = w.width if w.model in models.CIFAR_RESNETS else None  # other nets have one width
     return {"model": w.model, "dataset": w.dataset, "width": width, "subset": w.subset, "epochs": w.epochs,
@@ -168,7 +172,8 @@ def format_table(report: dict) -> str:
         eff = (f"{r['efficiency']:.2f}" if r["efficiency"] is not None else "-") + ("*" if r["within_noise"] else " ")
         noise = r.get("time_saved_spread")
         noise = f"{noise:.1%}" if noise is not None and r["strategy"] != "baseline" else "-"
-        lines.append(f"{r['strategy']:<18}{r['flops_saved']:>12.1%}{r['time_saved']:>12.1%}{noise:>9}{eff:>13}"
+        saved = [f"{v:.1%}" if v is not None else "-" for v in (r["flops_saved"], r["time_saved"])]
+        lines.append(f"{r['strategy']:<18}{saved[0]:>12}{saved[1]:>12}{noise:>9}{eff:>13}"
                      f"{r['test_accuracy']:>10.4f}{r['accuracy_delta']:>+11.4f}{r['train_time_s']:>9.2f}"
                      + ("" if r["status"] == "ok" else f"  ({r['status']})")
                      + ("" if r["cache_tier"] == "none" else f"  cache: {r['cache_tier']}"))
@@ -177,7 +182,7 @@ def format_table(report: dict) -> str:
     if any(r["within_noise"] for r in report["rows"]):
         lines.append("* time_saved within ±rounds: this run does not resolve it from noise")
     for r in report["rows"][1:]:
-        if r["flops_saved"] < MIN_SAVING and r["status"] == "ok":  # often a default meant for longer runs
+        if r["status"] == "ok" and r["flops_saved"] < MIN_SAVING:  # often a default meant for longer runs
             hp = ", ".join(f"{k}={v}" for k, v in r.get("hparams", {}).items())
             lines.append(f"{r['strategy']} skipped little ({r['flops_saved']:.1%} of FLOPs) in "
                          f"{plural(report['epochs'], 'epoch')} with {hp}: a short run or these settings leave it little to skip; "

@@ -96,7 +96,8 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
     ref = base.groupby("device_name")[["train_time_s", "test_accuracy"]].median()
     t_base = df["device_name"].map(ref["train_time_s"]).astype(float)
     a_base = df["device_name"].map(ref["test_accuracy"]).astype(float)
-    t = df["train_time_s"].astype(float)
+    # a run cut short (diverged) took less time by stopping, which is no saving
+    t = df["train_time_s"].astype(float).where(df["status"] == "ok")
     df["time_saved"] = 1.0 - t / t_base
     df["speedup"] = t_base / t
     df["accuracy_delta"] = df["test_accuracy"].astype(float) - a_base

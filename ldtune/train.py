@@ -102,7 +102,7 @@ class FitResult:
     eval_time_s: float
     train_flops: int
     baseline_flops: int  # what a baseline run of the same workload would cost, from the cost table
-    flops_saved: float
+    flops_saved: float | None  # None for a run that did not finish (diverged): it saved nothing
     device_name: str
     epochs: list[dict] = field(default_factory=list)
     error: str | None = None
@@ -321,7 +321,8 @@ def training(w: Workload, strategy: Strategy, callback: Callable[[dict], None] |
             shutil.rmtree(tmp, ignore_errors=True)
     return FitResult(status=status, test_accuracy=acc, train_time_s=train_time, eval_time_s=eval_time,
                      train_flops=int(train_flops), baseline_flops=int(baseline),
-                     flops_saved=1.0 - train_flops / baseline if baseline else 0.0, device_name=device_name(dev),
+                     flops_saved=(1.0 - train_flops / baseline if baseline else 0.0) if status == "ok" else None,
+                     device_name=device_name(dev),
                      epochs=records, error=err)
 
 

@@ -137,6 +137,33 @@ def test_every_interleave_gives_the_same_runs(one_thread):
             [(r["strategy"], r["test_accuracy"], r["flops_saved"]) for r in reports["run"]["rows"]], mode
 
 
+def test_a_strategy_that_diverges_shows_no_saving(one_thread):
+    """A run cut short by divergence took less time and fewer FLOPs by stopping: its row says so, with
+    no saving and no efficiency, and the table prints it."""
+    from ldtune.bench import bench, format_table
+    from ldtune.strategies import REGISTRY, EpochPlan, Strategy, register
+    from ldtune.train import Workload
+
+    @register
+    class Blowup(Strategy):
+        name = "test_blowup"
+
+        def epoch_start(self, epoch):
+            return EpochPlan(lr_scale=1e30)
+    try:
+        w = Workload(model="resnet20", width=4, dataset="digits", subset=256, epochs=2, batch_size=64)
+        report = bench(w, [("test_blowup", {})], repeats=2, warmup=False)
+    finally:
+        REGISTRY.pop("test_blowup")
+    row = report["rows"][1]
+    assert row["status"] == "diverged" and row["runs"] == 2
+    assert row["flops_saved"] is row["time_saved"] is row["efficiency"] is row["time_saved_spread"] is None
+    assert row["round_time_saved"] == [None, None] and row["round_flops_saved"] == [None, None]
+    line = format_table(report).splitlines()[3]
+    assert line.split()[:4] == ["test_blowup", "-", "-", "-"] and line.endswith("(diverged)")
+    assert report["rows"][0]["status"] == "ok" and report["rows"][0]["flops_saved"] == 0.0
+
+
 def test_in_turn_rotates_the_order_and_reports_each_run_as_it_ends():
     from ldtune.bench import in_turn
     seen, ended = [], []

@@ -123,6 +123,9 @@ def test_study_end_to_end_parquet_contract(finished):
     assert by_id.loc["boom-001", "status"] == "error"
     assert "boom: injected failure" in by_id.loc["boom-001", "error"]
     assert by_id.loc["boom-002", "status"] == "diverged"
+    # a diverged trial stopped early: its time and FLOPs are as measured, but they are no saving
+    assert by_id.loc["boom-002", ["flops_saved", "time_saved", "speedup"]].isna().all()
+    assert by_id.loc["boom-002", "train_time_s"] > 0 and by_id.loc["boom-002", "train_flops"] > 0
     assert list(trials.sort_values("trial_id")["seed"]) == [0, 1, 0, 1, 2, 0, 1]  # boom, baseline, freezeout
     # freezeout's searched t0 stays in the spec's range; its held hyperparameters are filled, and so are
     # the defaults the spec left out (cache); other strategies' columns are null

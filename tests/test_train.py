@@ -61,6 +61,17 @@ def test_divergence_is_a_status_not_a_crash(fmnist_small):
     r = fit(dataclasses.replace(W, lr=1e8, epochs=2), strategies.create("baseline"), data=fmnist_small)
     assert r.status == "diverged" and "non-finite" in r.error
     assert len(r.epochs) == 1
+    # it stopped after one of two epochs: half the FLOPs, which is no saving
+    assert r.train_flops == r.baseline_flops // 2 and r.flops_saved is None
+
+
+def test_a_diverged_run_reports_no_saving_in_its_json_line(capsys):
+    import json
+    from ldtune.cli import main
+    assert main(["train", "--dataset", "digits", "--width", "4", "--epochs", "2", "--subset", "256", "--lr", "1e30",
+                 "--json"]) == 1
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert out["status"] == "diverged" and out["flops_saved"] is None and out["train_flops"] > 0
 
 
 class _FreezeTwo(Strategy):

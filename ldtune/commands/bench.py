@@ -83,7 +83,8 @@ def main(a) -> int:
 
     def progress(name, info):
         print(f"round {info['repeat'] + 1}/{a.repeats}  {name:<18} time {info['train_time_s']:.2f}s  "
-              f"flops saved {info['flops_saved']:.1%}  acc {info['test_accuracy']:.4f}  {info['status']}",
+              f"flops saved {'-' if info['flops_saved'] is None else format(info['flops_saved'], '.1%')}  "
+              f"acc {info['test_accuracy']:.4f}  {info['status']}",
               file=sys.stderr)
 
     report = bench(w, runs, repeats=a.repeats, test_subset=a.test_subset or None, progress=progress,

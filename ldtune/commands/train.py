@@ -100,5 +100,6 @@ def main(a) -> int:
         print(json.dumps(out))
     else:
         print(f"{a.strategy} on {w.model}/{w.dataset}: accuracy {r.test_accuracy:.4f}, train time "
-              f"{r.train_time_s:.1f}s, flops saved {r.flops_saved:.1%} ({r.status})")
+              f"{r.train_time_s:.1f}s, flops saved "
+              + (f"{r.flops_saved:.1%}" if r.flops_saved is not None else "- (it did not finish)") + f" ({r.status})")
     return 0 if r.status == "ok" else 1
