@@ -113,15 +113,6 @@ def load(directory, table: str = "trials") -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def format_value(v) -> str:
-    """A hyperparameter value as tables and specs print it: true/false, floats to 3 significant digits."""
-    if isinstance(v, (bool, np.bool_)):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    return str(v)
-
-
 def within_drop(accuracy_delta, max_accuracy_drop: float):
     """``accuracy_delta >= -PP/100``, up to float rounding (0.84 - 0.85 is a drop of exactly 1 pp)."""
     return accuracy_delta >= -max_accuracy_drop / 100.0 - 1e-9

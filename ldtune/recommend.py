@@ -35,7 +35,8 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
-from .pareto import format_value, within_drop
+from .pareto import within_drop
+from .text import format_value
 
 BANDWIDTH = 0.1  # kernel width, as a fraction of each hyperparameter's range over the trials
 DEFAULT_DROP = 1.0  # percentage points of accuracy against the baseline median

@@ -42,9 +42,8 @@ import yaml
 
 from . import results
 from .errors import UserError
-from .pareto import format_value
 from .study import Study, check_data
-from .text import plural
+from .text import format_value, plural
 
 OBJECTIVES = (["test_accuracy", "train_time_s"], ["max", "min"])
 CONFIG_FILE = "study.yaml"  # the resolved config, beside the results

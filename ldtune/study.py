@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from . import strategies
 from .errors import UserError
 from .train import Workload
-from .text import plural, subset_text
+from .text import format_value, plural, subset_text
 
 ALL = "all"  # key under `strategies` that stands for every registered strategy not listed
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -80,6 +80,12 @@ class StudySpec(BaseModel):
     test_subset: int | None = Field(None, ge=1)
     baseline: BaselineSpec = Field(default_factory=BaselineSpec)
     strategies: dict[str, StrategySpec] = Field(default_factory=dict)  # name (or `all`) -> budget, space
+
+    @field_validator("strategies", mode="before")
+    @classmethod
+    def _empty_is_default(cls, v):
+        """``freezeout:`` with nothing under it is that strategy with its defaults, as ``{}`` is."""
+        return {k: ({} if s is None else s) for k, s in v.items()} if isinstance(v, dict) else v
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"  # Optuna sampler: multivariate TPE, NSGA-II, random
     max_concurrent: int = Field(2, ge=1)  # trials of one strategy in flight at once (Optuna sees the rest)
     max_failures: int = Field(2, ge=0)  # retries of a trial whose worker process or node died
@@ -405,8 +411,9 @@ def summary(study: Study) -> str:
              f"{study.workload.dataset} ({plural(study.workload.epochs, 'epoch')}, {subset_text(study.workload.subset)}), "
              f"sampler {study.sampler}"]
     for p in study.plans:
-        space = ", ".join(f"{k} in {d.to_yaml()}" for k, d in p.space.items()) or "nothing searched"
-        held = ", ".join(f"{k}={v}" for k, v in p.fixed.items())
+        space = ", ".join(f"{k} in [{', '.join(map(format_value, d.to_yaml()))}]" for k, d in p.space.items())
+        space = space or "nothing searched"
+        held = ", ".join(f"{k}={format_value(v)}" for k, v in p.fixed.items())
         trials = f"{p.trials:>3} trial" + ("s" if p.trials != 1 else " ")
         lines.append(f"  {p.name:<17} {trials}  {space}" + (f"; fixed {held}" if held else ""))
     return "\n".join(lines)

@@ -11,6 +11,16 @@ def subset_text(subset: int | None) -> str:
     return "all images" if subset is None else f"subset {subset}"
 
 
+def format_value(v) -> str:
+    """A hyperparameter value as tables, logs and specs print it: true/false (NumPy's booleans too),
+    floats to 3 significant digits."""
+    if isinstance(v, bool) or type(v).__name__ == "bool_":
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
 def is_missing(v) -> bool:
     """None, a float NaN (NumPy's too) or pandas' NA: a cell with no value."""
     return v is None or isinstance(v, float) and v != v or type(v).__name__ == "NAType"

@@ -25,9 +25,17 @@ def test_train_json_contract():
 
 def test_train_evaluates_on_a_test_subset(capsys):
     assert main(["train", "--dataset", "digits", "--width", "4", "--epochs", "1", "--test-subset", "50", "--json"]) == 0
-    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out, err = capsys.readouterr()
+    last = json.loads(out.strip().splitlines()[-1])
     assert last["test_subset"] == 50
     assert round(last["test_accuracy"] * 50, 6) == round(last["test_accuracy"] * 50)  # hits out of 50 images
+    assert "warning" not in err
+    # more than digits' 359 test images: all are used, and the run says so
+    assert main(["train", "--dataset", "digits", "--width", "4", "--epochs", "1", "--test-subset", "500", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert ("ldtune: warning: --test-subset: 500 is more than the 359 test images of digits; the run evaluates on "
+            "all of them\n") in err
+    assert round(json.loads(out.splitlines()[-1])["test_accuracy"] * 359, 6) % 1 == 0
 
 
 @pytest.mark.parametrize("args,field", [
@@ -105,6 +113,12 @@ def test_a_warm_up_too_long_for_the_run_is_warned_of(capsys):
     assert main(["train", "--dataset", "digits", "--width", "4", "--epochs", "2", "--strategy", "learn_drop",
                  "--set", "warmup_epochs=0"]) == 0
     assert "warning" not in capsys.readouterr().err
+    # a 1-epoch run has no DROP epoch (e > 0) whatever LayerDropBack's period: no value of s acts
+    assert main(["train", "--dataset", "digits", "--width", "4", "--epochs", "1", "--strategy", "layerdropback",
+                 "--set", "s=1", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["flops_saved"] == 0.0
+    assert "ldtune: warning: layerdropback.s: 1 never acts in 1 epoch (no value does)\n" in err
 
 
 # every dependency of the study platform that is not PyTorch's: none of them installed

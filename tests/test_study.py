@@ -67,6 +67,19 @@ def test_spec_search_overrides_range_choices_and_fixed_values():
     assert plan.trials == 4 and (plan.space["t0"].low, plan.space["t0"].high) == (0.5, 0.7)
     assert plan.fixed == {"schedule": "cubic", "scale_lr": False}  # one choice is a held value
     assert set(study_mod.from_dict(spec).to_dict()["strategies"]) == {"freezeout"}
+    summary = study_mod.summary(study_mod.from_dict(spec)).splitlines()
+    assert summary[-1].split(None, 3)[-1] == "t0 in [0.5, 0.7]; fixed scale_lr=false, schedule=cubic"
+
+
+def test_a_strategy_with_nothing_under_it_takes_its_defaults(tmp_path, capsys):
+    """``freezeout:`` with nothing under it (YAML's null) reads as ``freezeout: {}``."""
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in GOOD.items() if k != "strategies"}) + "strategies:\n  freezeout:\n")
+    plan = study_mod.load(path).plan("freezeout")
+    assert plan == study_mod.from_dict(GOOD | {"strategies": {"freezeout": {}}}).plan("freezeout")
+    assert set(plan.space) == {"t0", "schedule", "scale_lr"}
+    assert cli.main(["validate", str(path)]) == 0
+    assert "scale_lr in [true, false]" in capsys.readouterr().out
 
 
 def test_optuna_distributions_match_the_space():

@@ -26,7 +26,7 @@ KEYS = ["study", "model", "dataset"]
 def hparams_text(row, columns) -> str:
     """``key=value`` pairs of a row's hyperparameters, e.g. ``p=0.5 s=2``; ``-`` if none. For a
     registered strategy: the ones it searches, and any other held at a value not its default."""
-    from ..pareto import format_value
+    from ..text import format_value
     specs = _registry().get(row["strategy"])
     specs = specs.hparams if specs is not None else None
     parts = []

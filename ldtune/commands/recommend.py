@@ -99,7 +99,7 @@ def _check_spec(spec: dict, trials_here: bool) -> None:
 
 
 def explain(recs, datasets, model, target, epochs, limit, failed=()) -> list[str]:
-    from ..pareto import format_value
+    from ..text import format_value
     lines = [f"# ldtune recommend: {model} for {target}, from {plural(len(datasets), 'dataset')} ({', '.join(datasets)}),",
              f"# accuracy drop limit {limit:g} pp against each study's baseline median. Per strategy: of the",
              "# configs its trials ran, the one with the best worst-case time saved among those within the",

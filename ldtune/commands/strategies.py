@@ -9,7 +9,7 @@ def configure(p) -> None:
 
 def main(a) -> int:
     from .. import strategies
-    from ..pareto import format_value
+    from ..text import format_value
     strategies.import_plugins(a.plugin, field="--plugin")
     names = [a.name] if a.name else sorted(strategies.REGISTRY)
     for n in names:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 
 import yaml
 
@@ -89,6 +90,9 @@ def main(a) -> int:
         data = load_data(w)
         if not hasattr(data, "test_x"):
             raise UserError("--test-subset", f"only for datasets held as tensors, not the streamed {w.dataset}")
+        if a.test_subset > data.test_x.shape[0]:  # as a study's test_subset is warned of
+            warnings.warn(f"--test-subset: {a.test_subset} is more than the {data.test_x.shape[0]} test images of "
+                          f"{w.dataset}; the run evaluates on all of them", stacklevel=2)
         data = trim_test_set(data, a.test_subset, w.seed)
     r = fit(w, strategy, callback=progress, data=data)
     out = {"strategy": a.strategy, "model": w.model, "dataset": w.dataset, "epochs": w.epochs,

@@ -58,16 +58,21 @@ class HParam:
     def largest_acting(self, epochs: int) -> int:
         return max(epochs - self.end_margin, int(self.low) if self.low is not None else 0)
 
+    def any_acts(self, epochs: int) -> bool:
+        """Whether some valid value of this epoch count acts in an ``epochs``-epoch run."""
+        return epochs - self.end_margin >= (self.low if self.low is not None else 0)
+
     def never_acts(self, value, epochs: int) -> bool:
-        """An epoch count too large to do anything in an ``epochs``-epoch run."""
-        return self.is_epoch_count and value > self.largest_acting(epochs)
+        """An epoch count too large to do anything in an ``epochs``-epoch run (any, where the run
+        is too short for every value)."""
+        return self.is_epoch_count and (value > self.largest_acting(epochs) or not self.any_acts(epochs))
 
     def warn_if_never_acts(self, where: str, value, epochs: int) -> None:
         """A warning naming ``where`` when ``value`` never acts in ``epochs`` epochs (not an error:
         the run is valid, only pointless for this hyperparameter)."""
         if self.never_acts(value, epochs):
-            warnings.warn(f"{where}: {value} never acts in {plural(epochs, 'epoch')} (at most "
-                          f"{self.largest_acting(epochs)} does)", stacklevel=2)
+            most = f"at most {self.largest_acting(epochs)} does" if self.any_acts(epochs) else "no value does"
+            warnings.warn(f"{where}: {value} never acts in {plural(epochs, 'epoch')} ({most})", stacklevel=2)
 
     def check(self, name: str, value: Any, strategy: str) -> Any:
         field_name = f"{strategy}.{name}"
