@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from . import strategies
 from .errors import UserError
@@ -80,17 +80,23 @@ class StudySpec(BaseModel):
     test_subset: int | None = Field(None, ge=1)
     baseline: BaselineSpec = Field(default_factory=BaselineSpec)
     strategies: dict[str, StrategySpec] = Field(default_factory=dict)  # name (or `all`) -> budget, space
-
-    @field_validator("strategies", mode="before")
-    @classmethod
-    def _empty_is_default(cls, v):
-        """``freezeout:`` with nothing under it is that strategy with its defaults, as ``{}`` is."""
-        return {k: ({} if s is None else s) for k, s in v.items()} if isinstance(v, dict) else v
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"  # Optuna sampler: multivariate TPE, NSGA-II, random
     max_concurrent: int = Field(2, ge=1)  # trials of one strategy in flight at once (Optuna sees the rest)
     max_failures: int = Field(2, ge=0)  # retries of a trial whose worker process or node died
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)  # per trial
     plugins: list[str] = Field(default_factory=list)  # modules imported first (driver and trials); each may register strategies
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_default(cls, v):
+        """A section with nothing under it (YAML's null: ``baseline:``, ``freezeout:``) takes its
+        defaults, as ``{}`` does."""
+        if not isinstance(v, dict):
+            return v
+        v = {k: x for k, x in v.items() if not (x is None and k in ("workload", "baseline", "resources", "strategies"))}
+        if isinstance(v.get("strategies"), dict):
+            v["strategies"] = {k: ({} if x is None else x) for k, x in v["strategies"].items()}
+        return v
 
 
 @dataclass(frozen=True)

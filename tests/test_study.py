@@ -72,9 +72,12 @@ def test_spec_search_overrides_range_choices_and_fixed_values():
 
 
 def test_a_strategy_with_nothing_under_it_takes_its_defaults(tmp_path, capsys):
-    """``freezeout:`` with nothing under it (YAML's null) reads as ``freezeout: {}``."""
+    """``freezeout:`` with nothing under it (YAML's null) reads as ``freezeout: {}``, and so does an
+    empty ``baseline:`` or ``resources:``."""
     path = tmp_path / "s.yaml"
-    path.write_text(yaml.safe_dump({k: v for k, v in GOOD.items() if k != "strategies"}) + "strategies:\n  freezeout:\n")
+    path.write_text(yaml.safe_dump({k: v for k, v in GOOD.items() if k != "strategies"})
+                    + "baseline:\nresources:\nstrategies:\n  freezeout:\n")
+    assert study_mod.load(path).plan("baseline").trials == 3 and study_mod.load(path).cpu is None
     plan = study_mod.load(path).plan("freezeout")
     assert plan == study_mod.from_dict(GOOD | {"strategies": {"freezeout": {}}}).plan("freezeout")
     assert set(plan.space) == {"t0", "schedule", "scale_lr"}
