@@ -209,7 +209,8 @@ def test_the_conformance_suite_runs_over_the_readmes_plugin_as_the_readme_says(t
     import re
     from pathlib import Path
     root = Path(__file__).parents[1]
-    section = (root / "README.md").read_text()[(root / "README.md").read_text().index("### A strategy of your own"):]
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("### A strategy of your own"):]
     (tmp_path / "my_freeze.py").write_text(re.search(r"```python\n(.*?)```", section, re.S).group(1))
     command = next(line for line in re.findall(r"```bash\n(.*?)```", section, re.S)[0].splitlines()
                    if "--plugin my_freeze" in line)

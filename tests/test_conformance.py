@@ -43,8 +43,6 @@ SHORT_RUN = {"layerdropback": {"s": 1}, "learn_drop": {"warmup_epochs": 0}, "fre
 # built-in strategies whose skips are random draws (from the run's seeded ``ctx.rng``): the suite checks
 # that it sees them drawing, so that its check of the draws following the seed is not vacuous for them
 DRAW_AT_RANDOM = {"layerdropback", "depth_dropout", "stochastic_depth"}
-
-
 GIVEN: dict[str, dict] = {}  # --hparam NAME.KEY=VALUE (tests/conftest.py), per strategy
 
 
