@@ -155,6 +155,11 @@ def pareto(df: pd.DataFrame, by=GROUP_KEYS, *, study: str | None = None, model: 
         if "accuracy_delta" not in df.columns:
             raise UserError("trials", "missing column 'accuracy_delta'")
         df = df[within_drop(df["accuracy_delta"], max_accuracy_drop)]
+    if isinstance(by, str):
+        by = (by,)
+    missing = [k for k in by if k not in df.columns]
+    if missing and tuple(by) != GROUP_KEYS:  # the default groups by the keys a frame has
+        raise UserError("by", f"no column {missing[0]!r} to group by (columns: {', '.join(map(str, df.columns))})")
     keys = [k for k in by if k in df.columns]
     out = []
     for _, g in (df.groupby(keys, sort=True, dropna=False) if keys else [((), df)]):

@@ -535,7 +535,8 @@ def _run(study: Study, study_dir: Path, left: Left, callbacks: list, stream: Tex
     print(f"study {study.name}: {plural(total, 'trial')} to run"
           + (f" ({'; '.join(before)})" if before else "")
           + f", {cpu:g} CPU and {gpu:g} GPU per trial, Ray {ray.__version__} "
-          f"({len(ray.nodes())} node(s), {ray.cluster_resources().get('CPU', 0):g} CPUs); results in {study_dir}",
+          f"({sum(n['Alive'] for n in ray.nodes())} node(s), {ray.cluster_resources().get('CPU', 0):g} CPUs); "
+          f"results in {study_dir}",
           file=stream, flush=True)
     if slots:
         print("each trial's time saved below is against the baselines finished by then; trials.parquet, "

@@ -84,9 +84,7 @@ class Workload:
                             f"{self.model} has one width")
         if self.augment is not None and not isinstance(self.augment, bool):
             raise UserError("augment", f"must be true, false or null, got {self.augment!r}")
-        if self.data_root is not None and not Path(self.data_root).is_dir():
-            raise UserError("data_root", f"no such directory: {self.data_root}")
-        return self
+        return self  # data_root is checked where the data is loaded: a cluster's nodes may hold it
 
     def resolved_device(self) -> str:
         if self.device == "auto":
@@ -147,6 +145,8 @@ def autocast_for(dev: torch.device) -> Callable[[], contextlib.AbstractContextMa
 
 
 def load_data(w: Workload, download: bool = True):
+    if w.data_root is not None and not Path(w.data_root).is_dir():
+        raise UserError("data_root", f"no such directory: {w.data_root}")
     return data_mod.load(w.dataset, subset=w.subset, seed=w.seed, device=w.resolved_device(), root=w.data_root,
                          image_size=w.image_size, augment=w.augment, download=download)
 

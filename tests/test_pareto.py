@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from ldtune.cli import main as cli
+from ldtune.errors import UserError
 from ldtune.pareto import fronts, load, nondominated, pareto
 
 
@@ -298,6 +299,11 @@ def test_load_and_fronts_api(results):
     assert set(pooled.loc[(pooled["front"] == "freezeout"), "trial_id"]) == {"z2"}
     dup = pareto(pd.concat([trials, trials]), by=("model", "dataset"), dataset="digits")
     assert sorted(dup.loc[dup["front"] == "all", "trial_id"]) == ["m1", "m1"]  # m1 dominates m0 (same accuracy, saves more)
+    # a grouping key the frame lacks is the caller's mistake, not one front over everything
+    with pytest.raises(UserError, match=r"^by: no column 'nope' to group by"):
+        pareto(trials, by=("study", "nope"))
+    by_name = pareto(trials, by="study")  # one key, as a string
+    assert by_name.equals(pareto(trials, by=("study",))) and set(by_name["study"]) == {"quick", "other"}
 
 
 def test_studies_deeper_under_the_directory_are_found_and_kept_apart(tmp_path, capsys):
@@ -369,7 +375,6 @@ def test_queries_import_the_plugins_a_study_names(results, plugin, capsys):
 
 def test_a_plugin_registers_under_its_own_name_only(plugin):
     import importlib
-    from ldtune.errors import UserError
     from ldtune.strategies import REGISTRY, Strategy, register
     name, module = plugin
     importlib.import_module(module)

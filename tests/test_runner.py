@@ -204,7 +204,7 @@ def test_rerun_without_resume_refuses_and_keeps_results(finished, spec_file, cap
 def test_ctrl_c_advises_resume_only_once_the_study_has_started(started, ray_local, spec_file, tmp_path, capsys, monkeypatch):
     def interrupted(study, output, **_):  # Ctrl-C while Ray starts, or once the study wrote its config
         if started:
-            (Path(output) / study.name).mkdir(parents=True)
+            (Path(output) / study.name).mkdir(parents=True, exist_ok=True)
             (Path(output) / study.name / runner.CONFIG_FILE).write_text("name: tiny\n")
         raise KeyboardInterrupt
 
@@ -214,6 +214,9 @@ def test_ctrl_c_advises_resume_only_once_the_study_has_started(started, ray_loca
     assert err.count("\n") == 1
     assert ("--resume` runs the rest" in err) == started
     assert ("nothing was written" in err) == (not started)
+    # on a cluster, the command it advises uses the same cluster (without --address it would start a local Ray)
+    assert cli.main(["run", str(spec_file), "--output", str(tmp_path), "--address", ray_local]) == 130
+    assert (f"--output {tmp_path} --address {ray_local} --resume` runs the rest" in capsys.readouterr().err) == started
 
 
 def test_resume_where_no_study_ran_exits_2_and_starts_nothing(ray_local, spec_file, tmp_path, capsys):

@@ -303,6 +303,14 @@ def test_data_checks_before_ray_missing_data_and_a_large_test_subset(tmp_path, c
     err = capsys.readouterr().err
     assert err.startswith(f"ldtune: warning: workload.data_root: cannot load cifar10 from {root}: Dataset not found")
     assert list(root.iterdir()) == []
+    # a data_root this machine lacks: a cluster's nodes may hold it (a warning), a local run cannot (an error)
+    gone = tmp_path / "not-here"
+    spec.write_text(yaml.safe_dump(_merge(GOOD, {"workload": {"data_root": str(gone)}})))
+    assert cli.main(["validate", str(spec)]) == 0
+    assert capsys.readouterr().err.startswith(f"ldtune: warning: workload.data_root: no such directory: {gone};")
+    with pytest.raises(UserError, match=f"^workload.data_root: no such directory: {gone}$"):
+        study_mod.check_data(study_mod.load(spec), trials_here=True)
+    assert not gone.exists()
 
 
 def test_unusable_output_exits_2_before_ray_starts(tmp_path, capsys):

@@ -25,7 +25,9 @@ def main(a) -> int:
     from ..runner import CONFIG_FILE, run_study, trial_ids
 
     study = study_mod.load(a.spec)
-    resume = f"`ldtune run {shlex.quote(a.spec)} --output {shlex.quote(a.output)} --resume`"
+    # the command to finish it, on the same cluster (without --address it would start a local Ray)
+    address = f" --address {shlex.quote(a.address)}" if a.address else ""
+    resume = f"`ldtune run {shlex.quote(a.spec)} --output {shlex.quote(a.output)}{address} --resume`"
     try:
         outcome = run_study(study, a.output, address=a.address, resume=a.resume)
     except KeyboardInterrupt:
