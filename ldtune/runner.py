@@ -93,16 +93,29 @@ def local_instance(address: str | None) -> bool:
     return not (address or os.environ.get("RAY_ADDRESS"))
 
 
+# the start of an HTTP/2 connection (client preface, then an empty SETTINGS frame): Ray's GCS, a
+# gRPC server, answers with a SETTINGS frame of its own (frame type 4, the fourth byte)
+_HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
 def _reachable(address: str | None) -> None:
-    """Fail fast on a ``host:port`` nobody listens at (Ray itself retries for minutes)."""
+    """Fail fast on a ``host:port`` nobody listens at, or where something other than a Ray GCS
+    answers (Ray itself retries for minutes, or hangs)."""
     import socket
     if not address or "://" in address or ":" not in address:
         return
     host, _, port = address.rpartition(":")
     try:
-        socket.create_connection((host, int(port)), timeout=5).close()
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+                return  # a TLS GCS answers TLS first: leave it to Ray
+            s.sendall(_HTTP2_HELLO)
+            head = s.recv(9)
     except (OSError, ValueError) as e:
         raise UserError("--address", f"no Ray cluster at {address} ({e})") from None
+    if len(head) < 4 or head[3] != 4:
+        raise UserError("--address", f"no Ray cluster at {address}: something listens there, but it does not "
+                                     "answer as a Ray cluster's GCS (a gRPC server) does")
 
 
 def resources(study: Study, fixed_nodes: bool = True) -> tuple[float, float]:

@@ -337,6 +337,23 @@ def test_unreachable_address_exits_2_and_writes_nothing(tmp_path, capsys):
     assert cli.main(["run", str(spec), "--output", str(out), "--address", "127.0.0.1:1"]) == 2
     assert capsys.readouterr().err.startswith("ldtune: error: --address: no Ray cluster at 127.0.0.1:1")
     assert not out.exists()
+    # a port where something else listens (here a web server): Ray would wait on it for minutes
+    import http.server
+    import threading
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):  # the server's own log would land in this test's stderr
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        assert cli.main(["run", str(spec), "--output", str(out), "--address", address]) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert capsys.readouterr().err == (f"ldtune: error: --address: no Ray cluster at {address}: something listens "
+                                       "there, but it does not answer as a Ray cluster's GCS (a gRPC server) does\n")
+    assert not out.exists()
 
 
 def test_counts_read_as_english():
