@@ -45,7 +45,7 @@ from . import models, strategies
 from .data import trim_test_set
 from .errors import UserError
 from .train import PAUSES, Workload, fit, load_data, training
-from .text import plural, subset_text
+from .text import format_or_dash, plural, subset_text
 
 MIN_SAVING = 0.05  # fraction of FLOPs: below this, efficiency is noise over noise and is not reported
 INTERLEAVES = PAUSES + ("run",)  # how the runs of a round take turns (module docstring)
@@ -172,8 +172,8 @@ def format_table(report: dict) -> str:
         eff = (f"{r['efficiency']:.2f}" if r["efficiency"] is not None else "-") + ("*" if r["within_noise"] else " ")
         noise = r.get("time_saved_spread")
         noise = f"{noise:.1%}" if noise is not None and r["strategy"] != "baseline" else "-"
-        saved = [f"{v:.1%}" if v is not None else "-" for v in (r["flops_saved"], r["time_saved"])]
-        lines.append(f"{r['strategy']:<18}{saved[0]:>12}{saved[1]:>12}{noise:>9}{eff:>13}"
+        lines.append(f"{r['strategy']:<18}{format_or_dash(r['flops_saved'], '.1%'):>12}"
+                     f"{format_or_dash(r['time_saved'], '.1%'):>12}{noise:>9}{eff:>13}"
                      f"{r['test_accuracy']:>10.4f}{r['accuracy_delta']:>+11.4f}{r['train_time_s']:>9.2f}"
                      + ("" if r["status"] == "ok" else f"  ({r['status']})")
                      + ("" if r["cache_tier"] == "none" else f"  cache: {r['cache_tier']}"))

@@ -14,6 +14,7 @@ import contextlib
 import copy
 import gzip
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -277,6 +278,15 @@ def balanced_subset(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
         take = per + (1 if k < extra else 0)
         out.append(idx[torch.randperm(len(idx), generator=g)[:take]])
     return torch.sort(torch.cat(out)).values
+
+
+def warn_beyond_test_set(data, n: int | None, dataset: str, field: str, who: str) -> None:
+    """A warning naming ``field`` where ``n`` test images are more than ``data`` holds: ``who``
+    (the run, the trials) evaluates on all of them. Its place is the caller's caller."""
+    held = data.test_x.shape[0] if hasattr(data, "test_x") else None
+    if n is not None and held is not None and n > held:
+        warnings.warn(f"{field}: {n} is more than the {held} test images of {dataset}; {who} on all of them",
+                      stacklevel=3)
 
 
 def trim_test_set(data, n: int | None, seed: int = 0):

@@ -43,7 +43,7 @@ import yaml
 from . import results
 from .errors import UserError
 from .study import Study, check_data
-from .text import format_value, plural
+from .text import format_or_dash, format_value, plural
 
 OBJECTIVES = (["test_accuracy", "train_time_s"], ["max", "min"])
 CONFIG_FILE = "study.yaml"  # the resolved config, beside the results
@@ -373,10 +373,6 @@ def _error_text(trial) -> str:
     return "the trial failed (no error message)"
 
 
-def _fmt(v, spec: str = "", unit: str = "") -> str:
-    return "-" if v is None or v != v else format(v, spec) + unit
-
-
 def ran_with(strategy: str, hparams: dict) -> dict:
     """Every hyperparameter a trial ran with: its searched and held values, and the strategy's
     defaults for the rest (so a row says how the trial ran even where the spec left a setting out)."""
@@ -387,9 +383,10 @@ def ran_with(strategy: str, hparams: dict) -> dict:
 
 def _line(row, n: int, total: int, hparams: dict) -> str:
     hp = " ".join(f"{k}={format_value(v)}" for k, v in hparams.items())  # as pareto prints them: true, 0.281
-    text = (f"[{n:>3}/{total}] {row['trial_id']:<22} {row['status']:<8} acc {_fmt(row['test_accuracy'], '.4f')}"
-            f"  train {_fmt(row['train_time_s'], '.1f', 's')}  time saved {_fmt(row['time_saved'], '+.1%')}"
-            f"  flops saved {_fmt(row['flops_saved'], '+.1%')}  {hp}")
+    fmt = format_or_dash
+    text = (f"[{n:>3}/{total}] {row['trial_id']:<22} {row['status']:<8} acc {fmt(row['test_accuracy'], '.4f')}"
+            f"  train {fmt(row['train_time_s'], '.1f', 's')}  time saved {fmt(row['time_saved'], '+.1%')}"
+            f"  flops saved {fmt(row['flops_saved'], '+.1%')}  {hp}")
     if row["status"] == "error":
         text += f"\n      error: {row['error']}"
     return text.rstrip()

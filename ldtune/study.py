@@ -286,6 +286,7 @@ def check_data(study: Study, trials_here: bool = True) -> None:
     dataset not yet downloaded is downloaded, once, as a trial would), and a warning where they
     may run elsewhere (a cluster whose nodes hold data this machine lacks; ``validate``), which
     download nothing."""
+    from .data import warn_beyond_test_set
     from .train import load_data
     w = dataclasses.replace(study.workload, device="cpu")
     try:
@@ -298,10 +299,7 @@ def check_data(study: Study, trials_here: bool = True) -> None:
         warnings.warn(f"{field}: {why}; subset and test_subset are unchecked here "
                       "(the trials load or download the data where they run)", stacklevel=2)
         return
-    held = data.test_x.shape[0] if hasattr(data, "test_x") else None
-    if study.test_subset is not None and held is not None and study.test_subset > held:
-        warnings.warn(f"test_subset: {study.test_subset} is more than the {held} test images of "
-                      f"{study.workload.dataset}; the trials evaluate on all of them", stacklevel=2)
+    warn_beyond_test_set(data, study.test_subset, study.workload.dataset, "test_subset", "the trials evaluate")
 
 
 def _workload(spec: StudySpec) -> Workload:

@@ -21,6 +21,11 @@ def format_value(v) -> str:
     return str(v)
 
 
+def format_or_dash(v, spec: str = "", unit: str = "") -> str:
+    """``v`` formatted by ``spec`` (then ``unit``), or ``-`` where it has no value (None, NaN)."""
+    return "-" if v is None or v != v else format(v, spec) + unit
+
+
 def is_missing(v) -> bool:
     """None, a float NaN (NumPy's too) or pandas' NA: a cell with no value."""
     return v is None or isinstance(v, float) and v != v or type(v).__name__ == "NAType"

@@ -13,6 +13,7 @@ import json
 import sys
 
 from ..errors import UserError
+from ..text import format_or_dash
 from .train import add_workload_args, parse_sets, workload_from_args
 
 FIELDS_ARE_FLAGS = True  # a workload field's error names the flag that set it (cli)
@@ -83,7 +84,7 @@ def main(a) -> int:
 
     def progress(name, info):
         print(f"round {info['repeat'] + 1}/{a.repeats}  {name:<18} time {info['train_time_s']:.2f}s  "
-              f"flops saved {'-' if info['flops_saved'] is None else format(info['flops_saved'], '.1%')}  "
+              f"flops saved {format_or_dash(info['flops_saved'], '.1%')}  "
               f"acc {info['test_accuracy']:.4f}  {info['status']}",
               file=sys.stderr)
 

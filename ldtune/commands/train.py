@@ -4,11 +4,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 
 import yaml
 
 from ..errors import UserError
+from ..text import format_or_dash
 
 FIELDS_ARE_FLAGS = True  # a workload field's error names the flag that set it (cli)
 
@@ -69,7 +69,7 @@ def configure(p) -> None:
 
 def main(a) -> int:
     from .. import strategies
-    from ..data import trim_test_set
+    from ..data import trim_test_set, warn_beyond_test_set
     from ..train import fit, load_data, set_threads
 
     w = workload_from_args(a)
@@ -90,9 +90,7 @@ def main(a) -> int:
         data = load_data(w)
         if not hasattr(data, "test_x"):
             raise UserError("--test-subset", f"only for datasets held as tensors, not the streamed {w.dataset}")
-        if a.test_subset > data.test_x.shape[0]:  # as a study's test_subset is warned of
-            warnings.warn(f"--test-subset: {a.test_subset} is more than the {data.test_x.shape[0]} test images of "
-                          f"{w.dataset}; the run evaluates on all of them", stacklevel=2)
+        warn_beyond_test_set(data, a.test_subset, w.dataset, "--test-subset", "the run evaluates")
         data = trim_test_set(data, a.test_subset, w.seed)
     r = fit(w, strategy, callback=progress, data=data)
     out = {"strategy": a.strategy, "model": w.model, "dataset": w.dataset, "epochs": w.epochs,
@@ -104,6 +102,6 @@ def main(a) -> int:
         print(json.dumps(out))
     else:
         print(f"{a.strategy} on {w.model}/{w.dataset}: accuracy {r.test_accuracy:.4f}, train time "
-              f"{r.train_time_s:.1f}s, flops saved "
-              + (f"{r.flops_saved:.1%}" if r.flops_saved is not None else "- (it did not finish)") + f" ({r.status})")
+              f"{r.train_time_s:.1f}s, flops saved {format_or_dash(r.flops_saved, '.1%')}"
+              + (" (it did not finish)" if r.flops_saved is None else "") + f" ({r.status})")
     return 0 if r.status == "ok" else 1
