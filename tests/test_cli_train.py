@@ -1,8 +1,10 @@
 """``ldtune train`` through the installed console script: the JSON contract and bad input."""
 import math
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -178,16 +180,22 @@ def test_strategies_shows_a_plugins_card(tmp_path, monkeypatch, capsys):
         sys.modules.pop("ldtune_clashplug", None)
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def readme_plugin(directory) -> str:
+    """Writes the README's "A strategy of your own" example to ``directory``/my_freeze.py, as
+    written there; returns that README section."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### A strategy of your own"):]
+    (directory / "my_freeze.py").write_text(re.search(r"```python\n(.*?)```", section, re.S).group(1))
+    return section
+
+
 def test_the_readmes_plugin_example_trains_and_saves_what_it_freezes(tmp_path, monkeypatch, capsys):
     """The README's "A strategy of your own" block, as written there, runs as a plugin."""
-    import re
-    import sys
-    from pathlib import Path
     from ldtune.strategies import REGISTRY
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme[readme.index("### A strategy of your own"):]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    (tmp_path / "my_freeze.py").write_text(code)
+    readme_plugin(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     try:
         assert main(["strategies", "my_freeze", "--plugin", "my_freeze"]) == 0
@@ -206,25 +214,20 @@ def test_the_conformance_suite_runs_over_the_readmes_plugin_as_the_readme_says(t
     """The README's command runs the whole conformance class over its plugin example (and fails
     for a plugin that says it freezes but never does within the suite's runs)."""
     import os
-    import re
-    from pathlib import Path
-    root = Path(__file__).parents[1]
-    readme = (root / "README.md").read_text()
-    section = readme[readme.index("### A strategy of your own"):]
-    (tmp_path / "my_freeze.py").write_text(re.search(r"```python\n(.*?)```", section, re.S).group(1))
+    section = readme_plugin(tmp_path)
     command = next(line for line in re.findall(r"```bash\n(.*?)```", section, re.S)[0].splitlines()
                    if "--plugin my_freeze" in line)
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
-    classes = sum(1 for line in (root / "tests" / "test_conformance.py").read_text().splitlines()
+    classes = sum(1 for line in (REPO / "tests" / "test_conformance.py").read_text().splitlines()
                   if re.match(r"    def test_", line))
-    ran = subprocess.run(["bash", "-c", command + " -p no:cacheprovider"], cwd=root, env=env, capture_output=True,
+    ran = subprocess.run(["bash", "-c", command + " -p no:cacheprovider"], cwd=REPO, env=env, capture_output=True,
                          text=True)
     assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-2000:]
     assert re.search(rf"\b{classes} passed", ran.stdout), ran.stdout[-2000:]
     # without the setting, its default warm-up (2 epochs) never freezes in a 2-epoch run: the skip check fails
     without = command.replace(" --hparam my_freeze.warmup_epochs=1", "").replace("-k my_freeze", "-k 'my_freeze and skips'")
     ran = subprocess.run(["bash", "-c", without + " -p no:cacheprovider"],
-                         cwd=root, env=env, capture_output=True, text=True)
+                         cwd=REPO, env=env, capture_output=True, text=True)
     assert ran.returncode == 1 and "FAILED tests/test_conformance.py::TestConformance::test_skips_show_in_cost_accounting[my_freeze]" in ran.stdout
 
 
