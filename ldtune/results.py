@@ -86,7 +86,8 @@ def trials_schema() -> pa.Schema:
 
 
 def derive(df: pd.DataFrame) -> pd.DataFrame:
-    """Fill ``time_saved``, ``speedup``, ``accuracy_delta`` against the median ok baseline per device."""
+    """Fill ``time_saved``, ``speedup``, ``accuracy_delta`` against the median ok baseline per device;
+    a trial that did not finish ok saved nothing, so its ``flops_saved`` is null too."""
     df = df.copy()
     for col in ("time_saved", "speedup", "accuracy_delta"):
         df[col] = float("nan")
@@ -98,6 +99,8 @@ def derive(df: pd.DataFrame) -> pd.DataFrame:
     a_base = df["device_name"].map(ref["test_accuracy"]).astype(float)
     # a run cut short (diverged) took less time by stopping, which is no saving
     t = df["train_time_s"].astype(float).where(df["status"] == "ok")
+    if "flops_saved" in df.columns:
+        df["flops_saved"] = df["flops_saved"].astype(float).where(df["status"] == "ok")
     df["time_saved"] = 1.0 - t / t_base
     df["speedup"] = t_base / t
     df["accuracy_delta"] = df["test_accuracy"].astype(float) - a_base

@@ -247,14 +247,20 @@ def test_derived_columns_use_the_median_baseline_of_the_same_device():
         {"trial_id": "b1", "strategy": "baseline", "status": "ok", "train_time_s": 12.0, "test_accuracy": 0.90, "device_name": "A"},
         {"trial_id": "b2", "strategy": "baseline", "status": "ok", "train_time_s": 30.0, "test_accuracy": 0.85, "device_name": "A"},
         {"trial_id": "b3", "strategy": "baseline", "status": "error", "train_time_s": 1.0, "test_accuracy": 0.1, "device_name": "A"},
-        {"trial_id": "x0", "strategy": "freezeout", "status": "ok", "train_time_s": 6.0, "test_accuracy": 0.88, "device_name": "A"},
+        {"trial_id": "x0", "strategy": "freezeout", "status": "ok", "train_time_s": 6.0, "test_accuracy": 0.88, "device_name": "A",
+         "flops_saved": 0.4},
         {"trial_id": "x1", "strategy": "freezeout", "status": "ok", "train_time_s": 2.0, "test_accuracy": 0.88, "device_name": "B"},
+        # diverged, whichever path said so: its short time and missing FLOPs are no saving
+        {"trial_id": "x2", "strategy": "freezeout", "status": "diverged", "train_time_s": 3.0, "test_accuracy": 0.1,
+         "device_name": "A", "flops_saved": 0.6},
     ]
     df = results.derive(pd.DataFrame(rows)).set_index("trial_id")
     assert df.loc["x0", "time_saved"] == pytest.approx(0.5)  # median baseline on A: 12 s, 0.85
     assert df.loc["x0", "speedup"] == pytest.approx(2.0)
     assert df.loc["x0", "accuracy_delta"] == pytest.approx(0.03)
     assert pd.isna(df.loc["x1", "time_saved"])  # no baseline on device B: no reference
+    assert df.loc["x0", "flops_saved"] == pytest.approx(0.4)
+    assert df.loc["x2", ["flops_saved", "time_saved", "speedup"]].isna().all()
     table = results.trials_table([{**r, "study": "s"} for r in rows])
     assert table.column_names[:17] == list(results.TRIAL_COLUMNS)
 
