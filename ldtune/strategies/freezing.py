@@ -12,7 +12,8 @@ optimizer. The epoch record carries the same ``layer_scores``, ``layer_scores_st
 
 Suggested hyperparameters: as for ``learn_drop`` (``warmup_epochs`` 5 of 60 epochs on MNIST, 10 of
 60 on CIFAR-10, 25 of 150 on Imagenette in the paper); the study default searches 1..10, cut to
-the values that still act in a shorter run.
+the values that still act in a shorter run, and down to 0 where only 1 would (a 3-epoch study
+searches 0..1).
 
 What it skips: the frozen prefix's backward (input and weight gradients) and its optimizer
 update; not its forward, which is why the paper measures only 1-8% less training time for freezing

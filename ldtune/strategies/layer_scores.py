@@ -147,8 +147,9 @@ class ScoreSelection(Strategy):
     cache: ClassVar[bool] = True  # serve the selected prefix from the feature cache (else: only freeze)
     hparams = {
         "warmup_epochs": HParam(int, 5, "epochs", low=0, high=10_000, search=(1, 10),
-                                help="epochs the whole net trains before the first selection (the paper's e1: "
-                                     "5 of 60 on MNIST, 10 of 60 on CIFAR-10, 25 of 150 on Imagenette)",
+                                help="warm-up epochs before scoring selects (the paper's e1: 5 of 60 on MNIST, 10 of 60 "
+                                     "on CIFAR-10, 25 of 150 on Imagenette); the first selection ends the "
+                                     "epoch after them",
                                 end_margin=2),  # selected at the end of epoch warmup_epochs, out from the next
         "selection": HParam(str, "eq4", "rule", choices=SELECTIONS,
                             help="eq4: Eq. 4 as printed; max_prefix_sum: the text's maximum-sum prefix"),

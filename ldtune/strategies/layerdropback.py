@@ -8,7 +8,8 @@ out of the update with probability ``p``; batch size and learning rate are multi
 evaluation is the plain net.
 
 Suggested hyperparameters (paper): ``p = 0.3``, ``kappa = 2``, ``s = 2`` (Table 4: s = 2 is the
-setting of its main tables). Studies search ``p`` in [0.1, 0.8], ``s`` in 1..8, ``kappa`` in [1, 4].
+setting of its main tables). Studies search ``p`` in [0.1, 0.8], ``s`` in 1..8 (cut to the values
+that still act in a shorter run: 1..2 in 3 epochs), ``kappa`` in [1, 4].
 
 What it skips: a left-out layer's weights have ``requires_grad`` off for that epoch (or step),
 so autograd skips its weight-gradient GEMM (the input gradient still flows through it to the
