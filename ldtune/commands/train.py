@@ -27,7 +27,8 @@ def add_workload_args(p, epochs: int = 3) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--width", type=int, default=None, help="CIFAR ResNet stem channels (16 in the paper)")
     p.add_argument("--image-size", type=int, default=None, help="zero-pad images to this side (pixels)")
-    p.add_argument("--data-root", default=None, help="directory for torchvision datasets")
+    p.add_argument("--data-root", default=None, help="directory for torchvision datasets "
+                   "(default: $LDTUNE_DATA, else ~/.cache/ldtune/data)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop/flip (default: on for CIFAR/Imagenette, off for MNIST-likes and digits)")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE",

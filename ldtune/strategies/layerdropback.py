@@ -77,7 +77,7 @@ class LayerDropBack(Strategy):
                     "(reading 'equations': of being updated)", low=0.0, high=1.0, search=(0.1, 0.8)),
         "s": HParam(int, 2, "epochs: epoch e is a DROP epoch when e % s == 0 and e > 0", low=1, high=1000,
                     search=(1, 8)),
-        "kappa": HParam(float, 2.0, "multiplier of batch size and LR in DROP epochs", low=1.0, high=8.0,
+        "kappa": HParam(float, 2.0, "multiplier of batch size in DROP epochs, and of LR (reading 'equations': LR / p)", low=1.0, high=8.0,
                         search=(1.0, 4.0)),
         "keep_first": HParam(int, 4, "layers: the first layers are always updated", low=0, high=10000),
         "resample": HParam(str, "epoch", "when the subset is drawn: once per DROP epoch or every step",
