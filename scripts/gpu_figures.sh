@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU figures of BENCHMARKS.md, in one go, on a machine with a CUDA GPU and PyTorch.
+# The GPU figures of BENCHMARKS.md, on a machine with a CUDA GPU and PyTorch. By default the
+# strategy tables and throughput; STEPS="anatomy tiers epochs bench_dd56 tests" runs the rest.
 #
 #   bash scripts/gpu_figures.sh [OUTDIR]        (default: ./gpu-figures)
 #
