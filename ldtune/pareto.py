@@ -70,7 +70,7 @@ def read_table(path: Path, needs, table: str):
 
 def study_name(study_dir: Path, root: Path) -> str:
     """A study's name under ``root``: its directory's path there, or its own name when it is ``root``."""
-    return study_dir.name if study_dir == root else study_dir.relative_to(root).as_posix()
+    return study_dir.resolve().name if study_dir == root else study_dir.relative_to(root).as_posix()
 
 
 def baselined(trials: pd.DataFrame) -> set:

@@ -199,6 +199,30 @@ def test_a_renamed_copy_of_a_study_is_a_study_of_its_own(tmp_path, capsys):
         "quick-old: resnet20 / fashion_mnist, global front (2 trials)"]
 
 
+def test_a_study_read_from_its_own_directory_as_dot_keeps_its_name(tmp_path, capsys, monkeypatch):
+    rows = [trial("b0", "baseline", 0.85, 0.0, 0.0), trial("f1", "freezing", 0.84, 0.20, 0.25, warmup_epochs=1)]
+    monkeypatch.chdir(write_study(tmp_path, "quick", rows))
+    assert set(load(".")["study"]) == {"quick"}
+    code, out, _ = run_cli(capsys, "pareto", ".", "--study", "quick", "--format", "csv")
+    assert code == 0 and out.splitlines()[1].startswith("quick,")
+
+
+def test_a_study_yaml_that_is_no_spec_is_skipped_with_a_warning(results, capsys):
+    """The Parquet files answer a query; a damaged ``study.yaml`` beside them costs only what it held
+    (its plugins; recommend's workload), and says so instead of failing with a traceback."""
+    spec = results / "quick" / "study.yaml"
+    for text in (b"- a\n", b"workload: resnet20\n", b"\xff\xfe\x00binary", b"plugins: 5\n"):
+        spec.write_bytes(text)
+        code, out, err = run_cli(capsys, "pareto", str(results))
+        assert code == 0 and out == GOLDEN_ALL
+        assert err == ("" if text != b"plugins: 5\n" else
+                       f"ldtune: warning: {spec}: plugins is not a list of module names; skipped\n")
+        code, out, err = run_cli(capsys, "recommend", str(results), "--model", "resnet20", "--dataset", "digits")
+        assert code == 0 and "workload:" in out
+        if text != b"plugins: 5\n":
+            assert err.startswith(f"ldtune: warning: {spec}: ") and "; skipped" in err.splitlines()[0]
+
+
 def test_a_study_without_an_ok_baseline_says_so(results, tmp_path, capsys):
     """Time saved is measured against the study's ok baselines: with none, the study has no front,
     and every reader says why (not "no trial finished ok", which is false)."""

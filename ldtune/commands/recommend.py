@@ -13,7 +13,7 @@ import yaml
 
 from ..errors import UserError
 from ..text import json_records, plural
-from . import import_study_plugins
+from . import import_study_plugins, read_spec
 
 
 def configure(p) -> None:
@@ -62,9 +62,8 @@ def source_spec(directory, model: str, studies=None) -> dict:
     for path in sorted(root.rglob("study.yaml")):
         if studies is not None and study_name(path.parent, root) not in studies:
             continue
-        try:
-            spec = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError:
+        spec = read_spec(path)
+        if spec is None:
             continue
         w = spec.get("workload") or {}
         if w.get("model") == model:
