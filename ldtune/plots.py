@@ -17,6 +17,7 @@ e.g. ``freezing``), one curve per block coloured by depth, dotted lines where bl
 """
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -68,20 +69,20 @@ def _tradeoff_panel(ax, g: pd.DataFrame, colors: dict) -> None:
         below = int((100 * g["test_accuracy"] < floor).sum())
         if below:
             ax.set_ylim(floor, max(100 * g["test_accuracy"].max(), hi) + 1)
-            ax.text(0.99, 0.01, f"{below} trial(s) below {floor:.0f}% not shown", transform=ax.transAxes,
+            ax.text(0.99, 0.01, f"{below} trial(s) below {floor:.1f}% not shown", transform=ax.transAxes,
                     ha="right", va="bottom", fontsize=7, color="0.3")
     ax.set_xlabel("time saved vs baseline (%)")
     ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="best")  # where it hides the fewest points
 
 
-def _epoch_panel(ax, e: pd.DataFrame, y: str, label: str, colors: dict) -> None:
+def _epoch_panel(ax, e: pd.DataFrame, y: str, label: str, colors: dict, errorbar="sd") -> None:
     if e is None or not len(e) or y not in e.columns:
         ax.text(0.5, 0.5, f"no {y} in epochs.parquet", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return
     sns.lineplot(data=e.assign(epoch1=e["epoch"] + 1), x="epoch1", y=y, hue="strategy", palette=colors,
-                 errorbar="sd", ax=ax, marker="o", markersize=3)
+                 errorbar=errorbar, ax=ax, marker="o", markersize=3)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(label)
@@ -89,10 +90,11 @@ def _epoch_panel(ax, e: pd.DataFrame, y: str, label: str, colors: dict) -> None:
 
 
 def _epochs_with_trials(directory, trials: pd.DataFrame) -> pd.DataFrame | None:
-    try:
-        epochs = load(directory, "epochs")
-    except UserError:
+    """The epoch rows of ``trials``, or None where no study saved any; a damaged epochs.parquet is
+    the user's to mend (exit 2, naming it), not a figure with empty panels."""
+    if not any(p.is_file() for p in Path(directory).rglob("epochs.parquet")):
         return None
+    epochs = load(directory, "epochs")
     cols = ["study", "trial_id", "strategy", "model", "dataset", "status", "time_saved"]
     return epochs.drop(columns=[c for c in cols[2:] if c in epochs.columns]).merge(trials[cols], on=["study", "trial_id"])
 
@@ -104,6 +106,8 @@ def plot(directory, out) -> list[Path]:
         raise UserError("-o", f"{out}: the file name must end in .png, .pdf or .svg")
     if not out.parent.is_dir():
         raise UserError("-o", f"{out.parent}: {'a file, not a directory' if out.parent.exists() else 'no such directory'}")
+    if out.is_dir():
+        raise UserError("-o", f"{out}: a directory, not a file")
     trials = load(directory)
     ok = trials[trials["status"] == "ok"]
     if not len(ok):
@@ -132,24 +136,51 @@ def plot(directory, out) -> list[Path]:
                                                & (epochs["dataset"] == dataset)]
         _epoch_panel(row[1], e, "epoch_time_s", "training time per epoch (s)", colors)
         row[1].set_title("time per epoch (mean ± sd over trials)")
-        _epoch_panel(row[2], e, "active_blocks", "active (trained) blocks", colors)
-        row[2].set_title("active blocks per epoch")
+        # a count: its band is the range over trials (mean ± sd would pass the net's block count)
+        _epoch_panel(row[2], e, "active_blocks", "active (trained) blocks", colors, errorbar=("pi", 100))
+        row[2].set_title("active blocks per epoch (mean, range over trials)")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    written = [out]
+    figures = [(out, fig)]
     scores = out.with_name(f"{out.stem}_layer_scores{out.suffix}")
-    if epochs is not None and _layer_scores_figure(epochs, scores):
-        written.append(scores)
-    return written
+    if epochs is not None and (sfig := _layer_scores_figure(epochs)) is not None:
+        figures.append((scores, sfig))
+    _save_all(figures)
+    return [path for path, _ in figures]
 
 
-def _layer_scores_figure(epochs: pd.DataFrame, out: Path) -> bool:
+def _save_all(figures) -> None:
+    """Each figure to a temporary file beside its path, then every one into place: a figure that
+    cannot be written leaves no new file and every earlier one as it was."""
+    temps = []
+    try:
+        for path, fig in figures:
+            if path.is_dir():
+                raise UserError("-o", f"{path}: a directory, not a file")
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            temps.append(tmp)
+            try:
+                fig.savefig(tmp, dpi=110, format=path.suffix[1:].lower())
+            except OSError as e:
+                raise UserError("-o", f"{path.parent}: cannot write ({e.strerror or e})") from None
+        for (path, _), tmp in zip(figures, temps):
+            try:
+                os.replace(tmp, path)
+            except OSError as e:
+                raise UserError("-o", f"{path}: cannot write ({e.strerror or e})") from None
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        for _, fig in figures:
+            plt.close(fig)
+
+
+def _layer_scores_figure(epochs: pd.DataFrame):
+    """The layer-scores figure, or None where no trial recorded scores."""
     if "layer_scores" not in epochs.columns:
-        return False
+        return None
     has = epochs[epochs["layer_scores"].map(lambda v: v is not None and len(v) > 0 if not isinstance(v, float) else False)]
     if not len(has):
-        return False
+        return None
     picks = []
     for (_, model, dataset), g in has.groupby(GROUP, sort=True):
         pref = g[g["strategy"] == "learn_drop"] if (g["strategy"] == "learn_drop").any() else g
@@ -181,6 +212,4 @@ def _layer_scores_figure(epochs: pd.DataFrame, out: Path) -> bool:
         ax.set_ylabel("P_l = 1 - |sum of grads| / sum of |grads| (Eq. 2)")
         ax.legend(fontsize=6, ncol=2, loc="best") if n <= 12 else None
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return True
+    return fig

@@ -83,6 +83,32 @@ def test_plot_bad_output_exit_2(tmp_path, capsys, target, message):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
 
 
+def test_plot_that_cannot_write_a_figure_writes_none_and_keeps_the_old_ones(tmp_path, capsys):
+    """-o onto a directory, or a layer-scores path that is one: exit 2 naming it, and the figures an
+    earlier run wrote stay as they were (nothing half-written, no temporary file left)."""
+    results = write_results(tmp_path / "results")
+    (tmp_path / "old.png").mkdir()
+    assert cli(["plot", str(results), "-o", str(tmp_path / "old.png")]) == 2
+    assert capsys.readouterr().err == f"ldtune: error: -o: {tmp_path / 'old.png'}: a directory, not a file\n"
+    (tmp_path / "fig.png").write_bytes(b"earlier figure")
+    (tmp_path / "fig_layer_scores.png").mkdir()
+    assert cli(["plot", str(results), "-o", str(tmp_path / "fig.png")]) == 2
+    assert capsys.readouterr().err == f"ldtune: error: -o: {tmp_path / 'fig_layer_scores.png'}: a directory, not a file\n"
+    assert (tmp_path / "fig.png").read_bytes() == b"earlier figure"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.png", "fig_layer_scores.png", "old.png", "results"]
+
+
+def test_plot_names_a_damaged_epochs_file(tmp_path, capsys):
+    """A truncated epochs.parquet is exit 2 naming it, not a figure whose epoch panels say "no data"."""
+    results = write_results(tmp_path / "results")
+    path = results / "s" / "epochs.parquet"
+    path.write_bytes(path.read_bytes()[:300])
+    assert cli(["plot", str(results), "-o", str(tmp_path / "f.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ldtune: error: {path}: cannot read Parquet") and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results"]
+
+
 def test_plot_missing_dir_exit_2(tmp_path, capsys):
     assert cli(["plot", str(tmp_path / "none"), "-o", str(tmp_path / "f.png")]) == 2
     assert capsys.readouterr().err == f"ldtune: error: {tmp_path / 'none'}: no such directory\n"
