@@ -220,8 +220,7 @@ def test_cli_confirm_runs_a_short_study_on_the_new_dataset(results, tmp_path, ca
     held = f["accuracy_delta"] >= -0.01 - 1e-9 and f["time_saved"] > 0  # within the limit, and it saved time
     assert code == (0 if held else 1)
     assert f"# freezing          {'held' if held else 'did NOT hold'}" in out
-    assert (f"# workload: as in {results / 'transfer_fashion_mnist' / 'study.yaml'}, with the dataset, epochs and "
-            "subset of this run\n") in out
+    assert f"# workload: as in {results / 'transfer_fashion_mnist' / 'study.yaml'}, with this run's dataset and epochs\n" in out
     assert yaml.safe_load(out)["workload"] == {"model": "resnet20", "width": 4, "dataset": "digits", "subset": 256,
                                                "epochs": 2, "batch_size": 64}
     assert yaml.safe_load(out)["test_subset"] == 200
@@ -336,6 +335,13 @@ def test_the_source_workload_is_found_as_deep_as_the_studies(tmp_path):
     assert source_spec(tmp_path / "results", "resnet20") == {
         "workload": {"model": "resnet20", "lr": 0.1}, "test_subset": 500, "path": deep / "study.yaml"}
     assert source_spec(tmp_path / "results", "vgg11_bn") == {"workload": {"model": "vgg11_bn"}}
+    # a study on the dataset the spec is for comes first: its subset and lr were chosen for that data
+    own = tmp_path / "results" / "z_digits"
+    own.mkdir()
+    (own / "study.yaml").write_text(yaml.safe_dump({"workload": {"model": "resnet20", "dataset": "digits", "lr": 0.3}}))
+    assert source_spec(tmp_path / "results", "resnet20")["path"] == deep / "study.yaml"
+    assert source_spec(tmp_path / "results", "resnet20", dataset="digits")["path"] == own / "study.yaml"
+    assert source_spec(tmp_path / "results", "resnet20", dataset="cifar10")["path"] == deep / "study.yaml"
 
 
 def test_cli_header_names_the_datasets_of_the_strategies_asked_for(results, capsys):

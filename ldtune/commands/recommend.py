@@ -52,13 +52,15 @@ def _pp(v: float) -> str:
     return f"{100 * v:+.2f} pp"
 
 
-def source_spec(directory, model: str, studies=None) -> dict:
-    """``workload`` and ``test_subset`` of the first study of ``model`` under ``directory`` (at any
-    depth, as ``ldtune pareto`` finds them; only those named in ``studies``, if given) that saved
-    its ``study.yaml`` (the runner does), and ``path``, that file; ``{"workload": {"model": model}}``
-    if none did."""
+def source_spec(directory, model: str, studies=None, dataset: str | None = None) -> dict:
+    """``workload`` and ``test_subset`` of a study of ``model`` under ``directory`` (at any depth, as
+    ``ldtune pareto`` finds them; only those named in ``studies``, if given) that saved its
+    ``study.yaml`` (the runner does), and ``path``, that file; ``{"workload": {"model": model}}`` if
+    none did. A study on ``dataset`` comes first (its workload is the one chosen for that data: its
+    subset, batch size, lr), then the first by path."""
     from ..pareto import study_name
     root = Path(directory)
+    found = []
     for path in sorted(root.rglob("study.yaml")):
         if studies is not None and study_name(path.parent, root) not in studies:
             continue
@@ -67,8 +69,9 @@ def source_spec(directory, model: str, studies=None) -> dict:
             continue
         w = spec.get("workload") or {}
         if w.get("model") == model:
-            return {"workload": dict(w), "test_subset": spec.get("test_subset"), "path": path}
-    return {"workload": {"model": model}}
+            found.append({"workload": dict(w), "test_subset": spec.get("test_subset"), "path": path})
+    found.sort(key=lambda f: dataset is None or f["workload"].get("dataset") != dataset)  # stable: by path within
+    return found[0] if found else {"workload": {"model": model}}
 
 
 def build_spec(recs, model: str, dataset: str, epochs: int, source: dict, trials: int, repeats: int = 3,
@@ -173,7 +176,7 @@ def main(a) -> int:
     # the header names the datasets the printed strategies' evidence comes from
     shown = used[used["strategy"].isin(a.strategy)] if a.strategy else used
     datasets = sorted(shown["dataset"].unique())
-    source = source_spec(a.dir, a.model, set(trials["study"]))
+    source = source_spec(a.dir, a.model, set(trials["study"]), a.dataset)
     epochs = a.epochs or int(source["workload"].get("epochs") or used["epochs"].median())
     dataset = a.dataset or source["workload"].get("dataset") or datasets[0]
     spec = build_spec(recs, a.model, dataset, epochs, source, a.trials or 1, a.repeats or 3, a.subset)
@@ -193,7 +196,8 @@ def main(a) -> int:
         warnings.warn("no strategy's recommendation held the accuracy-drop limit with time saved; "
                       "the spec below runs the baseline only", stacklevel=2)
     if "path" in source:  # say where lr, batch size, width, ... come from
-        lines.append(f"# workload: as in {source['path']}, with the dataset, epochs and subset of this run")
+        mine = "dataset, epochs and subset" if a.subset else "dataset and epochs"
+        lines.append(f"# workload: as in {source['path']}, with this run's {mine}")
     text = "\n".join(lines)
     print(text + "\n" + yaml.safe_dump(spec, sort_keys=False, default_flow_style=None).rstrip())
     if a.confirm:
