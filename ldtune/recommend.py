@@ -25,7 +25,10 @@ saved with the best the study itself found: the most time saved by any of its co
 same limit, judged by the same smoothed estimates (so a noisy lucky trial does not count as the
 best, and recommending exactly the study's best config gives no regret), or 0 (the baseline's)
 if none held. The difference is the regret; it is negative where the recommendation broke the
-limit to save more, so the per-strategy summary averages it over the folds where the limit held.
+limit to save more, so the per-strategy summary averages it over the folds where the user stayed
+within the limit. A fold where no config held on the other datasets (``recommend`` leaves the
+strategy out of its spec) is scored as what the user then runs, the baseline: no time saved,
+within the limit, regret the held-out study's best.
 """
 from __future__ import annotations
 
@@ -286,22 +289,27 @@ def evaluate(trials: pd.DataFrame, max_accuracy_drop: float = DEFAULT_DROP, band
                 e_own = estimate(own_cfgs, obs, r.dims, spans, bandwidth)
                 inside = e_own[within_drop(e_own["accuracy_delta"], max_accuracy_drop)]
                 best = max(float(inside["time_saved"].max()) if len(inside) else 0.0, 0.0)
+                # what the user gets: the config where it was recommended, else the baseline
+                delta, saved = (float(e["accuracy_delta"]), float(e["time_saved"])) if r.useful else (0.0, 0.0)
                 rows.append(dict(model=model, held_out=held_out, strategy=r.strategy,
-                                 config=r.config_text(),
-                                 accuracy_delta=float(e["accuracy_delta"]), time_saved=float(e["time_saved"]),
-                                 best_time_saved=best, regret=best - float(e["time_saved"]),
-                                 held=bool(within_drop(e["accuracy_delta"], max_accuracy_drop))))
-    return pd.DataFrame(rows, columns=["model", "held_out", "strategy", "config", "accuracy_delta", "time_saved",
-                                       "best_time_saved", "regret", "held"])
+                                 recommended=r.useful, config=r.config_text() if r.useful else None,
+                                 candidate=r.config_text(), accuracy_delta=delta, time_saved=saved,
+                                 best_time_saved=best, regret=best - saved,
+                                 held=bool(r.useful and within_drop(delta, max_accuracy_drop))))
+    return pd.DataFrame(rows, columns=["model", "held_out", "strategy", "recommended", "config", "candidate",
+                                       "accuracy_delta", "time_saved", "best_time_saved", "regret", "held"])
 
 
 def summarize(ev: pd.DataFrame) -> pd.DataFrame:
-    """Per strategy: how often the drop limit held, and the mean and largest regret over the folds
-    where it held (NaN if none). A fold that broke the limit is a failure, not a saving: its
-    negative regret must not make the mean look better."""
+    """Per strategy: in how many folds a config was recommended and how often it held the drop
+    limit, and the mean and largest regret over the folds where the user stayed within the limit:
+    those where the recommendation held, and those where none was made (the baseline: regret is
+    the held-out study's best). NaN if none. A fold that broke the limit is a failure, not a
+    saving: its negative regret must not make the mean look better."""
     g = ev.groupby("strategy", sort=True)
-    held = ev[ev["held"]].groupby("strategy")["regret"]
-    return pd.DataFrame({"held_out_datasets": g.size(), "mean_regret": held.mean(), "max_regret": held.max(),
-                         "held": g["held"].sum()}).reset_index()
+    within = ev[ev["held"] | ~ev["recommended"]].groupby("strategy")["regret"]
+    return pd.DataFrame({"held_out_datasets": g.size(), "recommended": g["recommended"].sum(),
+                         "held": g["held"].sum(), "mean_regret": within.mean(),
+                         "max_regret": within.max()}).reset_index()
 
 

@@ -33,10 +33,10 @@ def freezeout(ds, t0, schedule):
 
 def layerdropback(ds, p):
     """Saves 0.4 p everywhere, but p = 0.8 diverges on digits: the robust answer is p = 0.5."""
-    return -0.001, 0.4 * p
+    return -0.001, 0.4 * p, "diverged" if (ds == "digits" and p == 0.8) else "ok"
 
 
-def build(root, datasets=EPOCHS):
+def build(root, datasets=EPOCHS, ldb=layerdropback):
     rng = np.random.default_rng(1)
     for ds, epochs in datasets.items():
         rows = []
@@ -62,9 +62,8 @@ def build(root, datasets=EPOCHS):
                 delta, saved = freezeout(ds, t0, schedule)
                 add("freezeout", delta, saved, t0=t0, schedule=schedule, scale_lr=True)
         for p in (0.2, 0.5, 0.8):
-            delta, saved = layerdropback(ds, p)
-            add("layerdropback", delta, saved, status="diverged" if (ds == "digits" and p == 0.8) else "ok",
-                p=p, s=2, kappa=1.0)
+            delta, saved, status = ldb(ds, p)
+            add("layerdropback", delta, saved, status=status, p=p, s=2, kappa=1.0)
         d = root / f"transfer_{ds}"
         d.mkdir(parents=True)
         df = pd.DataFrame(rows)
@@ -168,20 +167,53 @@ def test_cli_evaluate(results, capsys):
     assert fold["config"] == "warmup_fraction=0.6" and fold["regret"] == pytest.approx(0.1, abs=0.01)
 
 
-def test_cli_evaluate_table_shows_no_regret_where_the_limit_never_held(results, capsys):
-    assert cli(["recommend", "--evaluate", str(results), "--max-accuracy-drop", "0.05"]) == 0
+def test_cli_evaluate_scores_a_fold_with_no_recommendation_as_the_baseline(results, capsys):
+    """Where no config held on the other datasets, recommend leaves the strategy out and the user
+    runs the baseline: the fold saves nothing, stays within the limit, and its regret is the
+    held-out study's best (it is not scored as the config recommend refused)."""
+    assert cli(["recommend", "--evaluate", str(results), "--max-accuracy-drop", "0.2", "--format", "json"]) == 0
+    recs = json.loads(capsys.readouterr().out)
+    folds = {(f["held_out"], f["strategy"]): f for f in recs["folds"]}
+    ev = evaluate(load(results), max_accuracy_drop=0.2).set_index(["held_out", "strategy"])
+    refused = [k for k, f in folds.items() if not f["recommended"]]
+    assert {s for _, s in refused} == {"freezing"} and len(refused) == 2  # only mnist5k's fold has a freezing config
+    for k in refused:
+        f = folds[k]
+        assert f["config"] is None and f["candidate"] and (f["time_saved"], f["accuracy_delta"]) == (0.0, 0.0)
+        assert f["best_time_saved"] > 0.15 and f["regret"] == pytest.approx(f["best_time_saved"])
+        assert f["held"] is False and ev.loc[k, "candidate"] == f["candidate"]
+    summary = {r["strategy"]: r for r in recs["summary"]}["freezing"]
+    assert (summary["recommended"], summary["held"]) == (1, 0)
+    assert summary["mean_regret"] == pytest.approx(np.mean([folds[k]["regret"] for k in refused]))
+    assert cli(["recommend", "--evaluate", str(results), "--max-accuracy-drop", "0.2"]) == 0
     out = capsys.readouterr().out
-    summary = out[out.index("per strategy:"):].splitlines()[1:]
-    assert summary[0].split() == ["strategy", "held-out", "datasets", "limit", "held", "mean", "regret", "where",
-                                  "held", "max", "regret", "where", "held"]
-    assert {tuple(line.split()[2:]) for line in summary[1:]} == {("0/3", "-", "-")}
-    # as JSON, the regret that does not exist is null (NaN is not JSON)
-    assert cli(["recommend", "--evaluate", str(results), "--max-accuracy-drop", "0.05", "--format", "json"]) == 0
+    lines = [ln.split() for ln in out.splitlines() if " freezing " in f" {ln} "]
+    assert sum(ln[3:5] == ["none", "(baseline)"] and ln[-1] == "-" for ln in lines) == 2
+    assert lines[-1][:4] == ["freezing", "3", "1", "0/1"]
+
+
+def test_cli_evaluate_shows_no_regret_where_no_fold_stayed_within_the_limit(tmp_path, capsys):
+    """Each dataset's recommendation breaks the limit on the other: no fold stayed within it, so
+    there is no regret to average ("-"; null in JSON, since NaN is not JSON)."""
+    def crossed(ds, p):  # on fashion_mnist p = 0.8 costs 3 points; on digits, 0.2 and 0.5 do
+        bad = p == 0.8 if ds == "fashion_mnist" else p < 0.6
+        return (-0.03 if bad else -0.001), 0.4 * p, "ok"
+    results = build(tmp_path / "results", {"fashion_mnist": 10, "digits": 5}, ldb=crossed)
+    assert cli(["recommend", "--evaluate", str(results), "--format", "json"]) == 0
 
     def refuse(name):
         raise ValueError(f"{name} in the JSON")
     recs = json.loads(capsys.readouterr().out, parse_constant=refuse)
-    assert {r["mean_regret"] for r in recs["summary"]} == {None}
+    ldb = [f for f in recs["folds"] if f["strategy"] == "layerdropback"]
+    assert [(f["recommended"], f["held"]) for f in ldb] == [(True, False), (True, False)]
+    summary = {r["strategy"]: r for r in recs["summary"]}["layerdropback"]
+    assert (summary["recommended"], summary["held"], summary["mean_regret"], summary["max_regret"]) == (2, 0, None, None)
+    assert cli(["recommend", "--evaluate", str(results)]) == 0
+    out = capsys.readouterr().out
+    summary = out[out.index("per strategy:"):].splitlines()[1:]
+    assert summary[0].split() == ["strategy", "held-out", "datasets", "recommended", "limit", "held", "mean", "regret",
+                                  "within", "limit", "max", "regret", "within", "limit"]
+    assert next(ln for ln in summary if ln.startswith("layerdropback")).split()[1:] == ["2", "2", "0/2", "-", "-"]
 
 
 def test_cli_a_recommendation_says_the_printed_dataset_is_a_placeholder(results, capsys):

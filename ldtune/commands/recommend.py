@@ -260,16 +260,18 @@ def _evaluate(trials, a, left_out=()) -> int:
         return 0
     print(f"leave-one-dataset-out, accuracy drop limit {a.max_accuracy_drop:g} pp: the recommendation from the other"
           " datasets, scored on the held-out study (kernel-smoothed), against the most time saved by that study's own"
-          " configs within the limit (smoothed alike; 0 if none: the baseline)")
+          " configs within the limit (smoothed alike; 0 if none: the baseline); where no config held on the other"
+          " datasets, none is recommended and the user runs the baseline")
     heads = ["model", "held out", "strategy", "recommended", "acc delta", "time saved", "best in limit", "regret", "held"]
-    rows = [[r.model, r.held_out, r.strategy, r.config, _pp(r.accuracy_delta), _pct(r.time_saved),
-             _pct(r.best_time_saved), f"{100 * r.regret:+.1f} pp", "yes" if r.held else "NO"] for r in ev.itertuples()]
+    rows = [[r.model, r.held_out, r.strategy, r.config if r.recommended else "none (baseline)", _pp(r.accuracy_delta),
+             _pct(r.time_saved), _pct(r.best_time_saved), f"{100 * r.regret:+.1f} pp",
+             ("yes" if r.held else "NO") if r.recommended else "-"] for r in ev.itertuples()]
     print(_table(heads, rows))
     print("\nper strategy:")
-    srows = [[s.strategy, str(s.held_out_datasets), f"{s.held}/{s.held_out_datasets}", _regret(s.mean_regret),
-              _regret(s.max_regret)] for s in summary.itertuples()]
-    print(_table(["strategy", "held-out datasets", "limit held", "mean regret where held", "max regret where held"],
-                 srows))
+    srows = [[s.strategy, str(s.held_out_datasets), str(s.recommended), f"{s.held}/{s.recommended}",
+              _regret(s.mean_regret), _regret(s.max_regret)] for s in summary.itertuples()]
+    print(_table(["strategy", "held-out datasets", "recommended", "limit held", "mean regret within limit",
+                  "max regret within limit"], srows))
     for n in left_out:
         print(f"left out: {n}")
     return 0
