@@ -79,6 +79,20 @@ def baselined(trials: pd.DataFrame) -> set:
     return set(trials.loc[(trials["strategy"] == "baseline") & (trials["status"] == "ok"), "study"])
 
 
+def unbaselined_devices(trials: pd.DataFrame) -> list[str]:
+    """One note per (study, model, dataset, device) whose ok trials have no time saved because no
+    baseline finished ok on that device (``time_saved`` is against the same device's baselines, so
+    a node that ran elsewhere, e.g. without the fused BatchNorm, has none): they are on no front."""
+    need = ("study", "model", "dataset", "device_name", "status", "time_saved")
+    if any(c not in trials.columns for c in need):
+        return []
+    t = trials[trials["study"].isin(baselined(trials)) & (trials["status"] == "ok") & trials["time_saved"].isna()]
+    t = t[t["device_name"].notna()]
+    return [f"{study}: {model} / {dataset}: {len(g)} ok trial(s) on {device} left out: no baseline trial finished ok "
+            "on that device, and time saved is measured against the same device's baseline"
+            for (study, model, dataset, device), g in t.groupby(["study", "model", "dataset", "device_name"], sort=True)]
+
+
 def load(directory, table: str = "trials") -> pd.DataFrame:
     """Every study's ``trials`` (or ``epochs``) table under ``directory`` as one pandas frame.
 

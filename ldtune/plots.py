@@ -31,7 +31,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from .errors import UserError  # noqa: E402
-from .pareto import load, nondominated  # noqa: E402
+from .pareto import load, nondominated, unbaselined_devices  # noqa: E402
 
 GROUP = ["study", "model", "dataset"]  # one row of panels each: time saved is against the study's baseline
 ZOOM_PP = 15  # the trade-off panel shows accuracy down to this many points below the worst baseline
@@ -119,6 +119,8 @@ def plot(directory, out) -> list[Path]:
     for key in sorted(set(ok.groupby(GROUP).groups) - drawn):
         warnings.warn(f"{key[0]}: {key[1]} / {key[2]}: not drawn: no baseline trial finished ok, so no time saved "
                       "is known", stacklevel=2)
+    for note in unbaselined_devices(trials):
+        warnings.warn(note, stacklevel=2)
     ok = measured
     epochs = _epochs_with_trials(directory, trials)
     if epochs is not None:
@@ -130,7 +132,10 @@ def plot(directory, out) -> list[Path]:
     for row, ((study, model, dataset), g) in zip(axes, groups):
         _tradeoff_panel(row[0], g, colors)
         ran = trials[(trials["study"] == study) & (trials["model"] == model) & (trials["dataset"] == dataset)]
-        failed = f", {len(ran) - len(g)} not ok and not drawn" if len(ran) > len(g) else ""
+        not_ok = int((ran["status"] != "ok").sum())
+        unmeasured = len(ran) - len(g) - not_ok
+        failed = (f", {not_ok} not ok" if not_ok else "") + (f", {unmeasured} with no baseline on their device" if unmeasured else "")
+        failed += " and not drawn" if failed else ""
         row[0].set_title(f"{study}: {model} / {dataset}: accuracy vs time saved ({len(g)} trials{failed})")
         e = None if epochs is None else epochs[(epochs["study"] == study) & (epochs["model"] == model)
                                                & (epochs["dataset"] == dataset)]

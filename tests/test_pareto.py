@@ -223,6 +223,29 @@ def test_a_study_yaml_that_is_no_spec_is_skipped_with_a_warning(results, capsys)
             assert err.startswith(f"ldtune: warning: {spec}: ") and "; skipped" in err.splitlines()[0]
 
 
+def test_ok_trials_with_no_baseline_on_their_device_are_named_not_dropped(results, tmp_path, capsys, monkeypatch):
+    """time_saved is against the same device's baselines: a trial that ran on a node without the
+    fused BatchNorm (``cpu:aten-bn``) has none. It is on no front, and every reader says so."""
+    write_study(results, "mixed", [trial("b0", "baseline", 0.85, 0.0, 0.0, study="mixed"),
+                                   trial("f1", "freezing", 0.86, float("nan"), 0.25, study="mixed", warmup_epochs=1,
+                                         device_name="cpu:aten-bn", accuracy_delta=float("nan"))])
+    note = ("mixed: resnet20 / fashion_mnist: 1 ok trial(s) on cpu:aten-bn left out: no baseline trial finished ok "
+            "on that device, and time saved is measured against the same device's baseline")
+    code, out, err = run_cli(capsys, "pareto", str(results), "--study", "mixed")
+    assert (code, err) == (0, "") and out.endswith("\n\n" + note + "\n") and "freezing" not in out
+    code, out, err = run_cli(capsys, "pareto", str(results), "--study", "mixed", "--format", "csv")
+    assert code == 0 and err == f"ldtune: note: {note}\n"
+    code, out, err = run_cli(capsys, "pareto", str(results), "--study", "quick")
+    assert (code, err) == (0, "") and "left out" not in out
+    import matplotlib
+    monkeypatch.setitem(matplotlib.rcParams, "svg.fonttype", "none")  # titles as text in the SVG
+    code, out, err = run_cli(capsys, "plot", str(results / "mixed"), "-o", str(tmp_path / "x.svg"))
+    assert code == 0 and err == f"ldtune: warning: {note}\n"
+    assert "accuracy vs time saved (1 trials, 1 with no baseline on their device and not drawn)" in (tmp_path / "x.svg").read_text()
+    code, out, err = run_cli(capsys, "recommend", str(results), "--model", "resnet20", "--dataset", "digits")
+    assert code == 0 and f"# left out: {note}" in out
+
+
 def test_a_study_without_an_ok_baseline_says_so(results, tmp_path, capsys):
     """Time saved is measured against the study's ok baselines: with none, the study has no front,
     and every reader says why (not "no trial finished ok", which is false)."""

@@ -89,8 +89,9 @@ def front_table(a):
 
 
 def no_baseline(trials, a) -> list[str]:
-    """One note per (study, model, dataset) of the filters whose trials have no ``ok`` baseline."""
-    from ..pareto import baselined
+    """One note per (study, model, dataset) of the filters whose trials have no ``ok`` baseline, and
+    one per device of a study whose ok trials have none there."""
+    from ..pareto import baselined, unbaselined_devices
     t = trials
     for col, v in (("study", a.study), ("model", a.model), ("dataset", a.dataset)):
         t = t[t[col] == v] if v is not None else t
@@ -99,7 +100,9 @@ def no_baseline(trials, a) -> list[str]:
         base = (g["strategy"] == "baseline").sum()
         why = f"its {plural(base, 'baseline trial')} did not finish ok" if base else "it has no baseline trial"
         notes.append(f"{_section(study, model, dataset)}: no front: {why}, and time saved is measured against the baseline")
-    return notes
+    if a.strategy is not None:  # that strategy's trials, beside the baselines they are measured against
+        t = t[t["strategy"].isin(["baseline", a.strategy])]
+    return notes + unbaselined_devices(t)
 
 
 def _section(study, model, dataset) -> str:

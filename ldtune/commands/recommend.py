@@ -132,14 +132,14 @@ def _why_none(g) -> str:
 def measured(trials, directory):
     """The trials of the studies with an ``ok`` baseline (time saved and the accuracy delta are
     measured against it), and one comment line per study left out for want of one."""
-    from ..pareto import baselined
+    from ..pareto import baselined, unbaselined_devices
     based = baselined(trials)
     if not based:
         raise UserError(str(directory), "no study here has a baseline trial that finished ok; time saved and "
                                         "accuracy are measured against it")
     notes = [f"study {s} ({', '.join(sorted(g['dataset'].unique()))}): no baseline trial finished ok"
              for s, g in trials[~trials["study"].isin(based)].groupby("study", sort=True)]
-    return trials[trials["study"].isin(based)], notes
+    return trials[trials["study"].isin(based)], notes + unbaselined_devices(trials)
 
 
 # ------------------------------------------------------------------------------------- commands
