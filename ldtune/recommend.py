@@ -26,7 +26,7 @@ same limit, judged by the same smoothed estimates (so a noisy lucky trial does n
 best, and recommending exactly the study's best config gives no regret), or 0 (the baseline's)
 if none held. The difference is the regret; it is negative where the recommendation broke the
 limit to save more, so the per-strategy summary averages it over the folds where the user stayed
-within the limit. A fold where no config held on the other datasets (``recommend`` leaves the
+within the limit. A fold where no config held with time saved on the other datasets (``recommend`` leaves the
 strategy out of its spec) is scored as what the user then runs, the baseline: no time saved,
 within the limit, regret the held-out study's best.
 """

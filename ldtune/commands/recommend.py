@@ -260,8 +260,8 @@ def _evaluate(trials, a, left_out=()) -> int:
         return 0
     print(f"leave-one-dataset-out, accuracy drop limit {a.max_accuracy_drop:g} pp: the recommendation from the other"
           " datasets, scored on the held-out study (kernel-smoothed), against the most time saved by that study's own"
-          " configs within the limit (smoothed alike; 0 if none: the baseline); where no config held on the other"
-          " datasets, none is recommended and the user runs the baseline")
+          " configs within the limit (smoothed alike; 0 if none: the baseline); where no config held with time saved"
+          " on the other datasets, none is recommended and the user runs the baseline")
     heads = ["model", "held out", "strategy", "recommended", "acc delta", "time saved", "best in limit", "regret", "held"]
     rows = [[r.model, r.held_out, r.strategy, r.config if r.recommended else "none (baseline)", _pp(r.accuracy_delta),
              _pct(r.time_saved), _pct(r.best_time_saved), f"{100 * r.regret:+.1f} pp",
