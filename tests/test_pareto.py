@@ -281,6 +281,24 @@ def test_cli_json_reads_back(results, capsys):
                    ("quick", "fashion_mnist", "freezeout", "z1"), ("quick", "fashion_mnist", "layerdropback", "l1")}
 
 
+def test_csv_and_json_carry_each_hyperparameter_at_full_precision(tmp_path, capsys):
+    """The table rounds (t0=0.123); a machine reading the front must be able to rerun its trials."""
+    write_study(tmp_path, "q", [trial("b0", "baseline", 0.87, 0.0, 0.0, study="q"),
+                                trial("z1", "freezeout", 0.86, 0.2, 0.2, study="q", t0=0.123456789, schedule="cubic",
+                                      scale_lr=True),
+                                trial("f1", "freezing", 0.84, 0.3, 0.3, study="q", warmup_epochs=3)])
+    code, out, _ = run_cli(capsys, "pareto", str(tmp_path))
+    assert code == 0 and "t0=0.123 schedule=cubic scale_lr=true" in out
+    code, out, _ = run_cli(capsys, "pareto", str(tmp_path), "--format", "json")
+    recs = {r["trial_id"]: r for r in json.loads(out)}
+    assert recs["z1"]["hparams"] == {"t0": 0.123456789, "schedule": "cubic", "scale_lr": True}
+    assert recs["f1"]["hparams"] == {"warmup_epochs": 3} and recs["b0"]["hparams"] == {}
+    code, out, _ = run_cli(capsys, "pareto", str(tmp_path), "--format", "csv")
+    df = pd.read_csv(io.StringIO(out)).set_index("trial_id")
+    assert list(df.columns[-4:]) == ["t0", "schedule", "scale_lr", "warmup_epochs"]
+    assert df.loc["z1", "t0"] == 0.123456789 and df.loc["f1", "warmup_epochs"] == 3 and pd.isna(df.loc["b0", "t0"])
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--model", "vgg11_bn"], "ldtune: error: --model: no trials with model 'vgg11_bn' (present: resnet20)\n"),
     (["--strategy", "nope"], "ldtune: error: --strategy: no trials with strategy 'nope'"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ..text import is_missing, json_records, plural
+from ..text import is_missing, json_records, json_value, plural
 from . import import_study_plugins
 
 # pandas and pyarrow load when the command runs, not when the CLI is built: `ldtune bench` and
@@ -23,21 +23,29 @@ OUT_COLUMNS = ("study", "model", "dataset", "front", "strategy", "hyperparameter
 KEYS = ["study", "model", "dataset"]
 
 
-def hparams_text(row, columns) -> str:
-    """``key=value`` pairs of a row's hyperparameters, e.g. ``p=0.5 s=2``; ``-`` if none. For a
-    registered strategy: the ones it searches, and any other held at a value not its default."""
-    from ..text import format_value
+def hparams_shown(row, columns) -> dict:
+    """A row's hyperparameters as the front shows them, at full precision: for a registered
+    strategy, the ones it searches and any other held at a value not its default (an int one as
+    an int: pandas reads an integer column with nulls as floats); for another, every one it has."""
     specs = _registry().get(row["strategy"])
     specs = specs.hparams if specs is not None else None
-    parts = []
+    shown = {}
     for c in columns:
-        v = row[c]
-        if is_missing(v) or specs is not None and c not in specs:
+        v = json_value(row[c])
+        if v is None or specs is not None and c not in specs:
             continue
         if specs is not None and specs[c].search is None and _same(v, specs[c].default):
             continue
-        parts.append(f"{c}={format_value(v)}")
-    return " ".join(parts) or "-"
+        if specs is not None and specs[c].kind is int and isinstance(v, float) and v.is_integer():
+            v = int(v)
+        shown[c] = v
+    return shown
+
+
+def hparams_text(shown: dict) -> str:
+    """``key=value`` pairs, e.g. ``p=0.5 s=2`` (floats to 3 significant digits); ``-`` if none."""
+    from ..text import format_value
+    return " ".join(f"{k}={format_value(v)}" for k, v in shown.items()) or "-"
 
 
 def _same(v, default) -> bool:
@@ -70,7 +78,8 @@ def configure(p) -> None:
 
 def front_table(a):
     """The rows to print (a pandas frame with OUT_COLUMNS), from the parsed arguments, and the notes
-    on groups that have no front for want of an ``ok`` baseline."""
+    on groups that have no front for want of an ``ok`` baseline. ``hparams`` holds each row's
+    shown hyperparameters at full precision (a dict), for csv and json."""
     from ..pareto import load, pareto
     from ..results import recorded_hparams
     trials = load(a.dir)
@@ -81,11 +90,13 @@ def front_table(a):
     res = res[res["front"] != "all"] if a.by == "strategy" else res[res["front"] == "all"]
     res = res.sort_values([*KEYS, "front", "time_saved", "test_accuracy"],
                           ascending=[True, True, True, True, True, False], kind="stable", ignore_index=True)
-    res["hyperparameters"] = [hparams_text(r, hp) for _, r in res.iterrows()]
+    shown = [hparams_shown(r, hp) for _, r in res.iterrows()]
+    res["hyperparameters"] = [hparams_text(h) for h in shown]
     for c in OUT_COLUMNS:
         if c not in res.columns:
             res[c] = None
-    return res[list(OUT_COLUMNS)], no_baseline(trials, a)
+    res = res[list(OUT_COLUMNS)].assign(hparams=shown)
+    return res, no_baseline(trials, a)
 
 
 def no_baseline(trials, a) -> list[str]:
@@ -144,9 +155,11 @@ def main(a) -> int:
     if a.format != "table":
         for n in notes:
             print(f"ldtune: note: {n}", file=sys.stderr)
-    if a.format == "csv":
-        sys.stdout.write(res.to_csv(index=False))
-    elif a.format == "json":
+    if a.format == "csv":  # one column per hyperparameter shown, after the fixed ones
+        import pandas as pd
+        flat = pd.DataFrame(list(res["hparams"]), index=res.index, dtype=object)
+        sys.stdout.write(pd.concat([res.drop(columns="hparams"), flat], axis=1).to_csv(index=False))
+    elif a.format == "json":  # the hyperparameters as an object: their values keep their types
         print(json.dumps(json_records(res.to_dict("records")), indent=1, allow_nan=False))
     else:
         print(render_table(res, a.by, a.strategy, notes))
