@@ -127,6 +127,14 @@ def load(directory, table: str = "trials") -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def check_drop(max_accuracy_drop) -> None:
+    """An accuracy-drop limit is a finite number of percentage points >= 0 (not text, not a bool)."""
+    number = isinstance(max_accuracy_drop, (int, float, np.integer, np.floating)) and not isinstance(max_accuracy_drop, bool)
+    if not number or not np.isfinite(max_accuracy_drop) or max_accuracy_drop < 0:
+        got = max_accuracy_drop if number else repr(max_accuracy_drop)
+        raise UserError("--max-accuracy-drop", f"must be a number of percentage points >= 0, got {got}")
+
+
 def within_drop(accuracy_delta, max_accuracy_drop: float):
     """``accuracy_delta >= -PP/100``, up to float rounding (0.84 - 0.85 is a drop of exactly 1 pp)."""
     return accuracy_delta >= -max_accuracy_drop / 100.0 - 1e-9
@@ -164,8 +172,7 @@ def pareto(df: pd.DataFrame, by=GROUP_KEYS, *, study: str | None = None, model: 
     df = _check_filter(df, "strategy", strategy, "--strategy")
     df = df[df["status"] == "ok"]
     if max_accuracy_drop is not None:
-        if not np.isfinite(max_accuracy_drop) or max_accuracy_drop < 0:
-            raise UserError("--max-accuracy-drop", f"must be a number of percentage points >= 0, got {max_accuracy_drop}")
+        check_drop(max_accuracy_drop)
         if "accuracy_delta" not in df.columns:
             raise UserError("trials", "missing column 'accuracy_delta'")
         df = df[within_drop(df["accuracy_delta"], max_accuracy_drop)]

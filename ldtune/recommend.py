@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
-from .pareto import within_drop
+from .pareto import check_drop, within_drop
 from .text import format_value
 
 BANDWIDTH = 0.1  # kernel width, as a fraction of each hyperparameter's range over the trials
@@ -251,8 +251,7 @@ def check_model(trials: pd.DataFrame, model: str) -> None:
 def recommend(trials: pd.DataFrame, model: str, exclude_dataset: str | None = None,
               max_accuracy_drop: float = DEFAULT_DROP, bandwidth: float = BANDWIDTH) -> list[Recommendation]:
     """One recommendation per strategy (baseline aside) for ``model``, from every dataset but ``exclude_dataset``."""
-    if max_accuracy_drop is None or not np.isfinite(max_accuracy_drop) or max_accuracy_drop < 0:
-        raise UserError("--max-accuracy-drop", f"must be a number of percentage points >= 0, got {max_accuracy_drop}")
+    check_drop(max_accuracy_drop)
     check_model(trials, model)
     t = trials[trials["model"] == model]
     if exclude_dataset is not None:
@@ -269,6 +268,7 @@ def recommend(trials: pd.DataFrame, model: str, exclude_dataset: str | None = No
 
 def evaluate(trials: pd.DataFrame, max_accuracy_drop: float = DEFAULT_DROP, bandwidth: float = BANDWIDTH) -> pd.DataFrame:
     """Leave-one-dataset-out: one row per (model, held-out dataset, strategy)."""
+    check_drop(max_accuracy_drop)  # before any fold: a bad limit is named even where no fold can run
     rows = []
     for model, tm in trials.groupby("model", sort=True):
         datasets = sorted(tm["dataset"].unique())

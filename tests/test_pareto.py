@@ -177,6 +177,9 @@ def test_cli_keeps_studies_apart_each_against_its_own_baseline(tmp_path, capsys)
     # pooled, small's baseline would fall off the front, beaten by large's on the very same terms
     assert (code, err) == (0, "") and got == [("large", "b0"), ("large", "f1"), ("small", "b0"), ("small", "f1")]
     pooled = pareto(load(tmp_path), by=("model", "dataset"))  # at the caller's word: one front across both
+    with pytest.raises(UserError) as e:  # a limit given as text is refused, not a TypeError
+        pareto(load(tmp_path), max_accuracy_drop="1")
+    assert e.value.field == "--max-accuracy-drop"
     top = pooled[pooled["front"] == "all"]
     assert sorted(top["study"] + "/" + top["trial_id"]) == ["large/b0", "large/f1", "small/f1"]
 

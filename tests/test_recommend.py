@@ -289,6 +289,32 @@ def test_cli_bad_input_exit_2(results, capsys, argv, message):
     assert out == "" and err.startswith(message) and err.count("\n") == 1
 
 
+def test_a_bad_limit_is_named_before_anything_else(tmp_path, capsys):
+    """From Python, text or a bool is no limit; in --evaluate a bad limit is named even where a
+    single dataset means no fold could run."""
+    from ldtune.errors import UserError
+    results = build(tmp_path / "results", {"digits": 5})
+    trials = load(results)
+    for bad in ("1", True, float("inf"), -1):
+        with pytest.raises(UserError) as e:
+            evaluate(trials, max_accuracy_drop=bad)
+        assert e.value.field == "--max-accuracy-drop"
+    assert cli(["recommend", "--evaluate", str(results), "--max-accuracy-drop", "-1"]) == 2
+    assert capsys.readouterr().err == ("ldtune: error: --max-accuracy-drop: must be a number of percentage points "
+                                       ">= 0, got -1.0\n")
+
+
+def test_a_recommendation_from_baselines_only_says_so(results, capsys):
+    for d in results.iterdir():
+        t = pd.read_parquet(d / "trials.parquet")
+        t[t["strategy"] == "baseline"].to_parquet(d / "trials.parquet")
+    assert cli(["recommend", str(results), "--model", "resnet20", "--dataset", "digits"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ("ldtune: warning: no strategy but the baseline has trials of resnet20 on the datasets it learns "
+                   "from; the spec below runs the baseline only\n")
+    assert yaml.safe_load(out)["strategies"] == {}
+
+
 def test_estimate_smooths_neighbours_and_falls_back_to_the_nearest_trial():
     from ldtune.recommend import Dim, estimate
     dims = [Dim("p", "p", True, False), Dim("schedule", "schedule", False, False)]

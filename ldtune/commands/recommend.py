@@ -193,8 +193,9 @@ def main(a) -> int:
     lines = explain(recs, datasets, a.model, target, epochs, a.max_accuracy_drop, failed)
     lines += [f"# left out: {n}" for n in left_out]
     if not spec["strategies"] and not a.confirm:
-        warnings.warn("no strategy's recommendation held the accuracy-drop limit with time saved; "
-                      "the spec below runs the baseline only", stacklevel=2)
+        why = ("no strategy's recommendation held the accuracy-drop limit with time saved" if recs or failed
+               else f"no strategy but the baseline has trials of {a.model} on the datasets it learns from")
+        warnings.warn(f"{why}; the spec below runs the baseline only", stacklevel=2)
     if "path" in source:  # say where lr, batch size, width, ... come from
         mine = "dataset, epochs and subset" if a.subset else "dataset and epochs"
         lines.append(f"# workload: as in {source['path']}, with this run's {mine}")
