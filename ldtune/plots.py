@@ -8,7 +8,7 @@
    band; the axis stops ``ZOOM_PP`` points below the worst baseline, and a note counts the
    trials below it;
 2. training time per epoch (mean and standard deviation over the strategy's trials);
-3. active (trained) blocks per epoch, likewise.
+3. active (trained) blocks per epoch (the mean, and the range over the strategy's trials).
 
 Learn&Drop's layer scores P_l per epoch (the paper's Fig. 1/3) go to a second file next to
 ``out``, ``<stem>_layer_scores.<suffix>``: for each (study, model, dataset), the ``learn_drop`` trial that
