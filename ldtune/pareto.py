@@ -12,12 +12,16 @@ missing (NaN) objective is never on a front and dominates nothing.
 """
 from __future__ import annotations
 
+import math
+import numbers
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .text import plural
 
 GROUP_KEYS = ("study", "model", "dataset")
 
@@ -68,9 +72,15 @@ def read_table(path: Path, needs, table: str):
     return t
 
 
+def find_studies(root: Path) -> list[Path]:
+    """The study directories under ``root`` (each holds a trials.parquet), or ``root`` itself."""
+    return [root] if (root / "trials.parquet").is_file() else sorted({p.parent for p in root.rglob("trials.parquet")})
+
+
 def study_name(study_dir: Path, root: Path) -> str:
-    """A study's name under ``root``: its directory's path there, or its own name when it is ``root``."""
-    return study_dir.resolve().name if study_dir == root else study_dir.relative_to(root).as_posix()
+    """A study's name under ``root``: its directory's path there, or its own name when it is ``root``
+    (``.`` too; a symbolic link keeps its own name)."""
+    return Path(os.path.abspath(study_dir)).name if study_dir == root else study_dir.relative_to(root).as_posix()
 
 
 def baselined(trials: pd.DataFrame) -> set:
@@ -87,9 +97,9 @@ def unbaselined_devices(trials: pd.DataFrame) -> list[str]:
     if any(c not in trials.columns for c in need):
         return []
     t = trials[trials["study"].isin(baselined(trials)) & (trials["status"] == "ok") & trials["time_saved"].isna()]
-    t = t[t["device_name"].notna()]
-    return [f"{study}: {model} / {dataset}: {len(g)} ok trial(s) on {device} left out: no baseline trial finished ok "
-            "on that device, and time saved is measured against the same device's baseline"
+    t = t.assign(device_name=t["device_name"].fillna("an unnamed device"))
+    return [f"{study}: {model} / {dataset}: {plural(len(g), 'ok trial')} on {device} on no front: no baseline trial "
+            "finished ok on that device, and time saved is measured against the same device's baseline"
             for (study, model, dataset, device), g in t.groupby(["study", "model", "dataset", "device_name"], sort=True)]
 
 
@@ -107,8 +117,7 @@ def load(directory, table: str = "trials") -> pd.DataFrame:
     root = Path(directory)
     if not root.is_dir():
         raise UserError(str(root), "a file, not a results directory" if root.exists() else "no such directory")
-    study_dirs = [root] if (root / "trials.parquet").is_file() else sorted(
-        {p.parent for p in root.rglob("trials.parquet")})
+    study_dirs = find_studies(root)
     if not study_dirs:
         raise UserError(str(root), "no study results here (expected DIR/<study>/trials.parquet)")
     frames = []
@@ -129,8 +138,12 @@ def load(directory, table: str = "trials") -> pd.DataFrame:
 
 def check_drop(max_accuracy_drop) -> None:
     """An accuracy-drop limit is a finite number of percentage points >= 0 (not text, not a bool)."""
-    number = isinstance(max_accuracy_drop, (int, float, np.integer, np.floating)) and not isinstance(max_accuracy_drop, bool)
-    if not number or not np.isfinite(max_accuracy_drop) or max_accuracy_drop < 0:
+    number = isinstance(max_accuracy_drop, numbers.Real) and not isinstance(max_accuracy_drop, bool)
+    try:
+        finite = number and math.isfinite(max_accuracy_drop)
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if not finite or max_accuracy_drop < 0:
         got = max_accuracy_drop if number else repr(max_accuracy_drop)
         raise UserError("--max-accuracy-drop", f"must be a number of percentage points >= 0, got {got}")
 

@@ -31,7 +31,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from .errors import UserError  # noqa: E402
-from .pareto import load, nondominated, unbaselined_devices  # noqa: E402
+from .pareto import find_studies, load, nondominated, unbaselined_devices  # noqa: E402
 
 GROUP = ["study", "model", "dataset"]  # one row of panels each: time saved is against the study's baseline
 ZOOM_PP = 15  # the trade-off panel shows accuracy down to this many points below the worst baseline
@@ -92,7 +92,7 @@ def _epoch_panel(ax, e: pd.DataFrame, y: str, label: str, colors: dict, errorbar
 def _epochs_with_trials(directory, trials: pd.DataFrame) -> pd.DataFrame | None:
     """The epoch rows of ``trials``, or None where no study saved any; a damaged epochs.parquet is
     the user's to mend (exit 2, naming it), not a figure with empty panels."""
-    if not any(p.is_file() for p in Path(directory).rglob("epochs.parquet")):
+    if not any((d / "epochs.parquet").is_file() for d in find_studies(Path(directory))):
         return None
     epochs = load(directory, "epochs")
     cols = ["study", "trial_id", "strategy", "model", "dataset", "status", "time_saved"]

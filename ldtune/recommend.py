@@ -295,9 +295,12 @@ def evaluate(trials: pd.DataFrame, max_accuracy_drop: float = DEFAULT_DROP, band
                                  recommended=r.useful, config=r.config_text() if r.useful else None,
                                  candidate=r.config_text(), accuracy_delta=delta, time_saved=saved,
                                  best_time_saved=best, regret=best - saved,
-                                 held=bool(r.useful and within_drop(delta, max_accuracy_drop))))
+                                 held=bool(r.useful and within_drop(delta, max_accuracy_drop)),
+                                 within_limit=bool(not r.useful or within_drop(delta, max_accuracy_drop))))
+    # held: a recommendation was made and held; within_limit: what the user ran held (a refusal does)
     return pd.DataFrame(rows, columns=["model", "held_out", "strategy", "recommended", "config", "candidate",
-                                       "accuracy_delta", "time_saved", "best_time_saved", "regret", "held"])
+                                       "accuracy_delta", "time_saved", "best_time_saved", "regret", "held",
+                                       "within_limit"])
 
 
 def summarize(ev: pd.DataFrame) -> pd.DataFrame:
@@ -307,7 +310,7 @@ def summarize(ev: pd.DataFrame) -> pd.DataFrame:
     the held-out study's best). NaN if none. A fold that broke the limit is a failure, not a
     saving: its negative regret must not make the mean look better."""
     g = ev.groupby("strategy", sort=True)
-    within = ev[ev["held"] | ~ev["recommended"]].groupby("strategy")["regret"]
+    within = ev[ev["within_limit"]].groupby("strategy")["regret"]
     return pd.DataFrame({"held_out_datasets": g.size(), "recommended": g["recommended"].sum(),
                          "held": g["held"].sum(), "mean_regret": within.mean(),
                          "max_regret": within.max()}).reset_index()

@@ -181,7 +181,7 @@ def test_cli_evaluate_scores_a_fold_with_no_recommendation_as_the_baseline(resul
         f = folds[k]
         assert f["config"] is None and f["candidate"] and (f["time_saved"], f["accuracy_delta"]) == (0.0, 0.0)
         assert f["best_time_saved"] > 0.15 and f["regret"] == pytest.approx(f["best_time_saved"])
-        assert f["held"] is False and ev.loc[k, "candidate"] == f["candidate"]
+        assert f["held"] is False and f["within_limit"] is True and ev.loc[k, "candidate"] == f["candidate"]
     summary = {r["strategy"]: r for r in recs["summary"]}["freezing"]
     assert (summary["recommended"], summary["held"]) == (1, 0)
     assert summary["mean_regret"] == pytest.approx(np.mean([folds[k]["regret"] for k in refused]))
@@ -350,11 +350,19 @@ def test_cli_says_why_a_strategy_whose_trials_all_failed_has_no_recommendation(r
     pd.concat([trials[trials["strategy"] == "baseline"], failed]).to_parquet(only / "trials.parquet")
     assert cli(["recommend", str(only.parent), "--model", "resnet20"]) == 0
     out, err = capsys.readouterr()
-    assert err == ("ldtune: warning: no strategy's recommendation held the accuracy-drop limit with time saved; "
-                   "the spec below runs the baseline only\n")
+    assert err == "ldtune: warning: no strategy's trials here finished ok with time saved; the spec below runs the baseline only\n"
     assert yaml.safe_load(out)["strategies"] == {}
     n = len(failed)
     assert f"# stochastic_depth: no recommendation; none of its {n} trials here finished ok (last error: boom)" in out
+    # trials that finished ok on a device with no baseline have no time saved: said so, not "none finished ok"
+    elsewhere = trials[trials["strategy"] == "freezing"].assign(device_name="cpu:aten-bn", time_saved=np.nan,
+                                                                accuracy_delta=np.nan)
+    pd.concat([trials[trials["strategy"] == "baseline"], elsewhere]).to_parquet(only / "trials.parquet")
+    assert cli(["recommend", str(only.parent), "--model", "resnet20"]) == 0
+    out, err = capsys.readouterr()
+    assert (f"# freezing: no recommendation; its {len(elsewhere)} ok trials here have no time saved: no baseline "
+            "finished ok on their device (see left out)") in out
+    assert f"# left out: s: resnet20 / digits: {len(elsewhere)} ok trials on cpu:aten-bn on no front" in out
 
 
 def test_cli_leaves_out_a_study_without_an_ok_baseline_and_says_so(results, capsys):

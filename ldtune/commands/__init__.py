@@ -50,4 +50,3 @@ def read_spec(path: Path, warn: bool = True) -> dict | None:
     if warn:
         warnings.warn(f"{path}: {why}; skipped", stacklevel=3)
     return None
-

@@ -23,10 +23,11 @@ OUT_COLUMNS = ("study", "model", "dataset", "front", "strategy", "hyperparameter
 KEYS = ["study", "model", "dataset"]
 
 
-def hparams_shown(row, columns) -> dict:
-    """A row's hyperparameters as the front shows them, at full precision: for a registered
-    strategy, the ones it searches and any other held at a value not its default (an int one as
-    an int: pandas reads an integer column with nulls as floats); for another, every one it has."""
+def hparams_shown(row, columns, every: bool = False) -> dict:
+    """A row's hyperparameters at full precision (an int one as an int: pandas reads an integer
+    column with nulls as floats). For a registered strategy: its own, and unless ``every`` only the
+    ones it searches and any other held at a value not its default (what a table shows); for
+    another strategy, every one its row has."""
     specs = _registry().get(row["strategy"])
     specs = specs.hparams if specs is not None else None
     shown = {}
@@ -34,7 +35,7 @@ def hparams_shown(row, columns) -> dict:
         v = json_value(row[c])
         if v is None or specs is not None and c not in specs:
             continue
-        if specs is not None and specs[c].search is None and _same(v, specs[c].default):
+        if not every and specs is not None and specs[c].search is None and _same(v, specs[c].default):
             continue
         if specs is not None and specs[c].kind is int and isinstance(v, float) and v.is_integer():
             v = int(v)
@@ -67,7 +68,9 @@ def configure(p) -> None:
     p.add_argument("dir", metavar="DIR", help="results directory (DIR/<study>/trials.parquet) or one study's directory")
     p.add_argument("--by", choices=["all", "strategy"], default="all",
                    help="all: the global front per (study, model, dataset); strategy: each strategy's own front")
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                   help="csv and json also carry each trial's hyperparameters at full precision (csv: a column "
+                        "each; json: the object 'hparams'; 'hyperparameters' is the table's rounded text)")
     p.add_argument("--study", default=None, help="only this study (its directory under DIR, as the table names it)")
     p.add_argument("--model", default=None, help="only this model")
     p.add_argument("--dataset", default=None, help="only this dataset")
@@ -78,8 +81,9 @@ def configure(p) -> None:
 
 def front_table(a):
     """The rows to print (a pandas frame with OUT_COLUMNS), from the parsed arguments, and the notes
-    on groups that have no front for want of an ``ok`` baseline. ``hparams`` holds each row's
-    shown hyperparameters at full precision (a dict), for csv and json."""
+    on groups that have no front for want of an ``ok`` baseline, and the recorded hyperparameter
+    columns. ``hparams`` holds each row's own hyperparameters, every one it recorded, at full
+    precision (a dict), for csv and json; ``hyperparameters`` is the table's text of them."""
     from ..pareto import load, pareto
     from ..results import recorded_hparams
     trials = load(a.dir)
@@ -90,13 +94,13 @@ def front_table(a):
     res = res[res["front"] != "all"] if a.by == "strategy" else res[res["front"] == "all"]
     res = res.sort_values([*KEYS, "front", "time_saved", "test_accuracy"],
                           ascending=[True, True, True, True, True, False], kind="stable", ignore_index=True)
-    shown = [hparams_shown(r, hp) for _, r in res.iterrows()]
-    res["hyperparameters"] = [hparams_text(h) for h in shown]
+    res["hyperparameters"] = [hparams_text(hparams_shown(r, hp)) for _, r in res.iterrows()]
+    every = [hparams_shown(r, hp, every=True) for _, r in res.iterrows()]
     for c in OUT_COLUMNS:
         if c not in res.columns:
             res[c] = None
-    res = res[list(OUT_COLUMNS)].assign(hparams=shown)
-    return res, no_baseline(trials, a)
+    res = res[list(OUT_COLUMNS)].assign(hparams=every)
+    return res, no_baseline(trials, a), hp
 
 
 def no_baseline(trials, a) -> list[str]:
@@ -151,13 +155,14 @@ def _pct(v) -> str:
 
 
 def main(a) -> int:
-    res, notes = front_table(a)
+    res, notes, hp = front_table(a)
     if a.format != "table":
         for n in notes:
             print(f"ldtune: note: {n}", file=sys.stderr)
     if a.format == "csv":  # one column per hyperparameter shown, after the fixed ones
         import pandas as pd
         flat = pd.DataFrame(list(res["hparams"]), index=res.index, dtype=object)
+        flat = flat[[c for c in hp if c in flat.columns]]  # the trials table's order, whatever the rows
         sys.stdout.write(pd.concat([res.drop(columns="hparams"), flat], axis=1).to_csv(index=False))
     elif a.format == "json":  # the hyperparameters as an object: their values keep their types
         print(json.dumps(json_records(res.to_dict("records")), indent=1, allow_nan=False))

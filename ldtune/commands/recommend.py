@@ -124,7 +124,12 @@ def explain(recs, datasets, model, target, epochs, limit, failed=()) -> list[str
 
 
 def _why_none(g) -> str:
-    """Why a strategy's trials ``g`` gave no recommendation: none finished ok."""
+    """Why a strategy's trials ``g`` gave no recommendation: none finished ok, or those that did have
+    no time saved (no baseline on their device)."""
+    ok = int((g["status"] == "ok").sum())
+    if ok:
+        return (f"its {plural(ok, 'ok trial')} here have no time saved: no baseline finished ok on their device "
+                "(see left out)")
     error = g["error"].dropna().iloc[-1] if g["error"].notna().any() else None
     return f"none of its {plural(len(g), 'trial')} here finished ok" + (f" (last error: {error})" if error else "")
 
@@ -193,7 +198,8 @@ def main(a) -> int:
     lines = explain(recs, datasets, a.model, target, epochs, a.max_accuracy_drop, failed)
     lines += [f"# left out: {n}" for n in left_out]
     if not spec["strategies"] and not a.confirm:
-        why = ("no strategy's recommendation held the accuracy-drop limit with time saved" if recs or failed
+        why = ("no strategy's recommendation held the accuracy-drop limit with time saved" if recs
+               else "no strategy's trials here finished ok with time saved" if failed
                else f"no strategy but the baseline has trials of {a.model} on the datasets it learns from")
         warnings.warn(f"{why}; the spec below runs the baseline only", stacklevel=2)
     if "path" in source:  # say where lr, batch size, width, ... come from
