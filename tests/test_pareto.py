@@ -206,6 +206,8 @@ def test_a_study_read_from_its_own_directory_as_dot_keeps_its_name(tmp_path, cap
     rows = [trial("b0", "baseline", 0.85, 0.0, 0.0), trial("f1", "freezing", 0.84, 0.20, 0.25, warmup_epochs=1)]
     monkeypatch.chdir(write_study(tmp_path, "quick", rows))
     assert set(load(".")["study"]) == {"quick"}
+    (tmp_path / "latest").symlink_to(tmp_path / "quick")  # a link keeps its own name
+    assert set(load(tmp_path / "latest")["study"]) == {"latest"}
     code, out, _ = run_cli(capsys, "pareto", ".", "--study", "quick", "--format", "csv")
     assert code == 0 and out.splitlines()[1].startswith("quick,")
 
@@ -289,16 +291,21 @@ def test_csv_and_json_carry_each_hyperparameter_at_full_precision(tmp_path, caps
     write_study(tmp_path, "q", [trial("b0", "baseline", 0.87, 0.0, 0.0, study="q"),
                                 trial("z1", "freezeout", 0.86, 0.2, 0.2, study="q", t0=0.123456789, schedule="cubic",
                                       scale_lr=True),
-                                trial("f1", "freezing", 0.84, 0.3, 0.3, study="q", warmup_epochs=3)])
+                                trial("f1", "freezing", 0.84, 0.3, 0.3, study="q", warmup_epochs=3),
+                                trial("l1", "layerdropback", 0.83, 0.4, 0.4, study="q", p=0.5, s=2, kappa=2.0,
+                                      keep_first=4)])
     code, out, _ = run_cli(capsys, "pareto", str(tmp_path))
     assert code == 0 and "t0=0.123 schedule=cubic scale_lr=true" in out
     code, out, _ = run_cli(capsys, "pareto", str(tmp_path), "--format", "json")
     recs = {r["trial_id"]: r for r in json.loads(out)}
     assert recs["z1"]["hparams"] == {"t0": 0.123456789, "schedule": "cubic", "scale_lr": True}
     assert recs["f1"]["hparams"] == {"warmup_epochs": 3} and recs["b0"]["hparams"] == {}
+    # keep_first is not searched and at its default: the table leaves it out, the machine output does not
+    assert recs["l1"]["hyperparameters"] == "p=0.5 s=2 kappa=2"
+    assert recs["l1"]["hparams"] == {"p": 0.5, "s": 2, "kappa": 2.0, "keep_first": 4}
     code, out, _ = run_cli(capsys, "pareto", str(tmp_path), "--format", "csv")
     df = pd.read_csv(io.StringIO(out)).set_index("trial_id")
-    assert set(df.columns[-4:]) == {"t0", "schedule", "scale_lr", "warmup_epochs"}
+    assert set(df.columns[-8:]) == {"t0", "schedule", "scale_lr", "warmup_epochs", "p", "s", "kappa", "keep_first"}
     assert df.loc["z1", "t0"] == 0.123456789 and df.loc["f1", "warmup_epochs"] == 3 and pd.isna(df.loc["b0", "t0"])
 
 
