@@ -31,7 +31,7 @@ and their ratio would be no round's efficiency. ``round_time_saved`` pairs
 each round's run with that round's baseline run; ``time_saved_spread``, half the range of those,
 is how far this machine's noise moved the saving, and a ``time_saved`` within it is not resolved
 (``within_noise``). ``baseline_spread``, half the range of the baseline's times over their median,
-says how noisy the machine was; drifts that are slow against a round cancel in the pairs.
+says how noisy the machine was (None for one repeat); drifts that are slow against a round cancel in the pairs.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from typing import Callable
 import torch
 
 from . import models, strategies
-from .data import trim_test_set
+from .data import trim_test_set, warn_beyond_test_set
 from .errors import UserError
 from .train import PAUSES, Workload, fit, load_data, training
 from .text import format_or_dash, plural, subset_text
@@ -63,7 +63,9 @@ def bench(w: Workload, runs: list[tuple[str, dict]], repeats: int = 2, data=None
     runs = [("baseline", {})] + [r for r in runs if r[0] != "baseline"]
     for name, hp in runs:  # every bad name or value fails here, before any training
         strategies.create(name, **hp)
-    data = trim_test_set(data if data is not None else load_data(w), test_subset, w.seed)
+    data = data if data is not None else load_data(w)
+    warn_beyond_test_set(data, test_subset, w.dataset, "test_subset", "the bench evaluates")
+    data = trim_test_set(data, test_subset, w.seed)
     if warmup and cuda:
         for name, hp in runs:
             fit(w, strategies.create(name, **hp), data=data)
@@ -88,7 +90,7 @@ def bench(w: Workload, runs: list[tuple[str, dict]], repeats: int = 2, data=None
     base = results[0]
     times = [x.train_time_s for x in base]
     t_base = statistics.mean(times)
-    spread = timing_spread(times)
+    spread = timing_spread(times) if repeats > 1 else None  # one repeat: no estimate of the noise
     acc_base = statistics.median(x.test_accuracy for x in base)
     rows = []
     for i, (name, hp) in enumerate(runs):
@@ -184,7 +186,9 @@ def format_table(report: dict) -> str:
     for r in report["rows"][1:]:
         if r["status"] == "ok" and r["flops_saved"] < MIN_SAVING:  # often a default meant for longer runs
             hp = ", ".join(f"{k}={v}" for k, v in r.get("hparams", {}).items())
-            lines.append(f"{r['strategy']} skipped little ({r['flops_saved']:.1%} of FLOPs) in "
+            did = (f"cost {-r['flops_saved']:.1%} more FLOPs than the baseline" if r["flops_saved"] < 0
+                   else f"skipped little ({r['flops_saved']:.1%} of FLOPs)")
+            lines.append(f"{r['strategy']} {did} in "
                          f"{plural(report['epochs'], 'epoch')} with {hp}: a short run or these settings leave it little to skip; "
                          f"`ldtune strategies {r['strategy']}` suggests values (--set {r['strategy']}.KEY=VALUE)")
     return "\n".join(lines)

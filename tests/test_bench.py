@@ -1,6 +1,7 @@
 """``ldtune bench``: baseline and strategies interleaved on one workload; JSON and bad input."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -70,6 +71,7 @@ def test_bench_names_the_cache_tier_and_no_width_for_fixed_width_nets(capsys, on
     assert "width" not in header[0]  # --width means nothing to a VGG
     row = report["rows"][1]
     assert row["strategy"] == "freezeout" and row["cache_tier"] == "device" and "cache: device" in err
+    assert report["baseline_spread"] is None  # one repeat: no estimate of the noise, not a noise-free 0
 
 
 def test_table_marks_time_savings_within_the_baselines_spread():
@@ -98,6 +100,9 @@ def test_table_marks_time_savings_within_the_baselines_spread():
     assert format_table(report).splitlines()[-1].startswith(
         "late skipped little (1.0% of FLOPs) in 1 epoch with warmup_epochs=5: a short run or these settings")
     assert sum("skipped little" in line for line in format_table(report).splitlines()) == 1
+    report["rows"][-1] |= {"flops_saved": -0.395}  # more FLOPs than the baseline is no small saving
+    assert format_table(report).splitlines()[-1].startswith(
+        "late cost 39.5% more FLOPs than the baseline in 1 epoch with warmup_epochs=5")
 
 
 @pytest.mark.parametrize("args, field", [
@@ -131,6 +136,8 @@ def test_every_interleave_gives_the_same_runs(one_thread):
     runs = [("stochastic_depth", {"p": 0.8}), ("layerdropback", {"s": 1})]  # random skips; kappa-sized batches
     reports = {mode: bench(w, runs, repeats=1, test_subset=200, warmup=False, interleave=mode)
                for mode in ("step", "epoch", "run")}
+    with pytest.warns(UserWarning, match="test_subset: 100000 is more than the 10000 test images of fashion_mnist"):
+        bench(dataclasses.replace(w, epochs=1), runs[:0], repeats=1, test_subset=100_000, warmup=False)
     for mode, report in reports.items():
         assert report["interleave"] == mode
         assert [(r["strategy"], r["test_accuracy"], r["flops_saved"]) for r in report["rows"]] == \
