@@ -111,6 +111,7 @@ def test_table_marks_time_savings_within_the_baselines_spread():
     (["--strategies", "freezeout", "--set", "depth_dropout.p=0.5"], "--set"),
     (["--strategies", "freezeout", "--set", "t0=0.5"], "--set"),
     (["--strategies", "freezeout", "--set", "freezeout.t0=7"], "freezeout.t0"),
+    (["--strategies", "freezeout", "--set", "freezeout.t0=0.5", "--set", "freezeout.t0=0.6"], "--set"),
     (["--strategies", "freezeout", "--repeats", "0"], "--repeats"),
     (["--strategies", "freezeout", "--interleave", "batch"], "--interleave"),
     (["--strategies", "freezeout", "--model", "resnet7"], "--model"),
@@ -186,3 +187,13 @@ def test_in_turn_rotates_the_order_and_reports_each_run_as_it_ends():
     # turn 1 starts at the second run (b, which ends); turn 2 at the third of the live [a, c], i.e. at a
     assert seen == ["b", "c", "a", "a", "c", "a"]
     assert ended == [("b", "b done"), ("c", "c done"), ("a", "a done")]
+
+
+def test_bench_warns_of_a_set_value_that_never_acts_as_train_does(capsys, one_thread):
+    rc = cli.main(["bench", *TINY, "--repeats", "1", "--strategies", "learn_drop,layerdropback",
+                   "--set", "learn_drop.warmup_epochs=3", "--set", "layerdropback.p=0.5"])
+    out, err = capsys.readouterr()
+    assert rc == 0
+    assert err.startswith("ldtune: warning: learn_drop.warmup_epochs: 3 never acts in 1 epoch (no value does)\n")
+    assert err.count("warning") == 1  # p is no epoch count; layerdropback's default s is not given
+    assert "learn_drop skipped little (0.0% of FLOPs)" in out

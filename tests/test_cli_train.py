@@ -56,6 +56,8 @@ def test_train_evaluates_on_a_test_subset(capsys):
      "layerdropback.kappa"),
     (["--strategy", "layerdropback", "--set", "reading=equations", "--set", "p=0"], "layerdropback.p"),
     (["--test-subset", "0"], "--test-subset"),
+    # the second value would silently win: refused, so the run is the one the user meant
+    (["--strategy", "depth_dropout", "--set", "p=0.1", "--set", "p=0.2"], "--set"),
 ])
 def test_bad_input_exits_2_naming_the_field(args, field, capsys):
     code = main(["train", "--dataset", "digits", "--width", "4", "--epochs", "1", "--json", *args])
@@ -238,3 +240,15 @@ def test_a_reader_that_stops_early_gets_no_traceback():
     p.stdout.close()  # before the command has written anything (importing torch takes a while)
     err = p.stderr.read().decode()
     assert (p.wait(timeout=120), err) == (141, "")
+
+
+def test_every_spelling_of_a_boolean_reaches_the_strategy():
+    # ``--set`` text goes through YAML, which reads 1 and 0 as integers; they mean true and false here
+    from ldtune.commands.train import parse_sets
+    from ldtune.strategies import REGISTRY, create
+    flags = [(n, k) for n, cls in REGISTRY.items() for k, spec in cls.hparams.items() if spec.kind is bool]
+    assert ("freezeout", "scale_lr") in flags
+    for name, key in flags:
+        for text, want in [("true", True), ("yes", True), ("1", True), ("false", False), ("no", False), ("0", False)]:
+            hp = create(name, **parse_sets([f"{key}={text}"])).hp
+            assert hp[key] is want, (name, key, text)

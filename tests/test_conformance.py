@@ -250,7 +250,7 @@ class TestConformance:
         cases = [("no_such_hparam", "1")]
         for key, spec in REGISTRY[name].hparams.items():
             if spec.kind is bool:
-                cases.append((key, "maybe"))
+                cases += [(key, "maybe"), (key, "2")]
             elif spec.choices is not None:
                 cases.append((key, "no_such_choice"))
             elif spec.kind in (int, float):

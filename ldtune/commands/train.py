@@ -52,10 +52,13 @@ def parse_sets(items: list[str]) -> dict:
         if "=" not in item:
             raise UserError("--set", f"expected key=value, got {item!r}")
         k, v = item.split("=", 1)
+        k = k.strip()
+        if k in out:  # the last one winning silently would run what the user did not mean
+            raise UserError("--set", f"{k} given twice")
         try:
-            out[k.strip()] = yaml.safe_load(v)
+            out[k] = yaml.safe_load(v)
         except yaml.YAMLError:
-            out[k.strip()] = v
+            out[k] = v
     return out
 
 
@@ -78,8 +81,7 @@ def main(a) -> int:
         raise UserError("--test-subset", f"must be an integer >= 1, got {a.test_subset}")
     given = parse_sets(a.set)
     strategy = strategies.create(a.strategy, **given)
-    for k in given:
-        strategy.hparams[k].warn_if_never_acts(f"{a.strategy}.{k}", strategy.hp[k], w.epochs)
+    strategy.warn_never_acting(given, w.epochs)
     set_threads()
 
     def progress(rec):

@@ -79,6 +79,8 @@ class HParam:
         if self.kind is bool:
             if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
                 value = value.lower() in ("true", "1", "yes")
+            elif type(value) is int and value in (0, 1):  # ``--set scale_lr=1`` reads as YAML's int 1
+                value = bool(value)
             if not isinstance(value, bool):
                 raise UserError(field_name, f"must be true or false, got {value!r}")
         elif self.kind in (int, float):
@@ -148,6 +150,11 @@ class Strategy:
 
     def validate(self) -> None:
         """Cross-field checks; raise UserError naming the field."""
+
+    def warn_never_acting(self, given, epochs: int) -> None:
+        """A warning for each of the ``given`` hyperparameters that does nothing in ``epochs`` epochs."""
+        for k in given:
+            self.hparams[k].warn_if_never_acts(f"{self.name}.{k}", self.hp[k], epochs)
 
     # ---------------------------------------------------------------- hooks
     def prepare_model(self, model) -> None:
