@@ -462,3 +462,18 @@ def test_a_plugin_registers_under_its_own_name_only(plugin):
     assert REGISTRY["freezeout"].__module__ == "ldtune.strategies.freezeout"
     with pytest.raises(TypeError):
         register(object)
+
+
+def test_a_plugin_hyperparameter_may_not_take_a_results_columns_name():
+    from ldtune.commands.pareto import OUT_COLUMNS
+    from ldtune.results import TRIAL_COLUMNS
+    from ldtune.strategies import REGISTRY, RESERVED_HPARAMS, HParam, Strategy, register
+    assert RESERVED_HPARAMS == set(TRIAL_COLUMNS) | set(OUT_COLUMNS)
+    assert not any(set(cls.hparams) & RESERVED_HPARAMS for cls in REGISTRY.values())  # the built-ins' neither
+
+    class Seeded(Strategy):
+        name = "seeded_plugin"
+        hparams = {"seed": HParam(int, 0, "a seed of its own (integer)")}
+    with pytest.raises(UserError, match="hyperparameter 'seed' is the name of a results column"):
+        register(Seeded)
+    assert "seeded_plugin" not in REGISTRY

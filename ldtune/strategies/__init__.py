@@ -29,6 +29,15 @@ def _discover() -> None:
             REGISTRY[cls.name] = cls
 
 
+# the trials table's columns and pareto's output columns (results.TRIAL_COLUMNS, commands.pareto.OUT_COLUMNS,
+# kept equal by a test; named here so a plugin registers where only PyTorch is installed): a hyperparameter
+# of one of these names would overwrite that column in every table
+RESERVED_HPARAMS = frozenset({
+    "study", "trial_id", "strategy", "model", "dataset", "epochs", "seed", "status", "error", "test_accuracy",
+    "train_time_s", "train_flops", "flops_saved", "time_saved", "speedup", "accuracy_delta", "device_name",
+    "front", "hyperparameters"})
+
+
 def register(cls: type[Strategy]) -> type[Strategy]:
     """Add a plugin's strategy to ``REGISTRY`` under its ``name``; returns the class, so it serves
     as a class decorator (``@register``). A built-in strategy's name is not for a plugin to take."""
@@ -37,6 +46,10 @@ def register(cls: type[Strategy]) -> type[Strategy]:
     known = REGISTRY.get(cls.name)
     if known is not None and known is not cls and known.__module__.startswith(f"{__name__}."):
         raise UserError("plugins", f"{cls.__module__}.{cls.__qualname__}: the name {cls.name!r} is a built-in strategy's")
+    taken = sorted(set(cls.hparams) & RESERVED_HPARAMS)
+    if taken:
+        raise UserError("plugins", f"{cls.__module__}.{cls.__qualname__}: hyperparameter {taken[0]!r} is the name "
+                                   "of a results column; rename it")
     REGISTRY[cls.name] = cls
     return cls
 
