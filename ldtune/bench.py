@@ -44,7 +44,7 @@ import torch
 from . import models, strategies
 from .data import trim_test_set, warn_beyond_test_set
 from .errors import UserError
-from .train import PAUSES, Workload, fit, load_data, training
+from .train import MAX_SEED, PAUSES, Workload, fit, load_data, training
 from .text import format_or_dash, plural, subset_text
 
 MIN_SAVING = 0.05  # fraction of FLOPs: below this, efficiency is noise over noise and is not reported
@@ -60,6 +60,8 @@ def bench(w: Workload, runs: list[tuple[str, dict]], repeats: int = 2, data=None
     interleave = interleave or ("epoch" if cuda else "step")
     if interleave not in INTERLEAVES:
         raise UserError("interleave", f"{interleave!r}, not one of {', '.join(INTERLEAVES)}")
+    if w.seed + repeats - 1 > MAX_SEED:  # round r trains with seed + r
+        raise UserError("seed", f"must be at most {MAX_SEED - repeats + 1} for {repeats} rounds, got {w.seed}")
     runs = [("baseline", {})] + [r for r in runs if r[0] != "baseline"]
     for name, hp in runs:  # every bad name or value fails here, before any training
         strategies.create(name, **hp)

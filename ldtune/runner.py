@@ -162,6 +162,7 @@ def resources(study: Study, fixed_nodes: bool = True) -> tuple[float, float]:
 # ------------------------------------------------------------------------------------- search
 def _sampler(study: Study, seed: int):
     import optuna
+    seed %= 2 ** 32  # numpy's range; the study's seed plus its offsets may pass it
     if study.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
     if study.sampler == "random":

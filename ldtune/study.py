@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from . import strategies
 from .errors import UserError
-from .train import Workload
+from .train import MAX_SEED, Workload
 from .text import format_value, plural, subset_text
 
 ALL = "all"  # key under `strategies` that stands for every registered strategy not listed
@@ -72,7 +72,8 @@ class ResourcesSpec(BaseModel):
 class StudySpec(BaseModel):
     model_config = _STRICT
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # the results directory: DIR/<name>/
-    seed: int = 0  # data subset seed, and trial k of every strategy trains with seed + k
+    # data subset seed, and trial k of every strategy trains with seed + k (room left below MAX_SEED)
+    seed: int = Field(0, ge=0, le=MAX_SEED // 2)
     workload: WorkloadSpec = Field(default_factory=WorkloadSpec)  # what every trial trains
     # test images every evaluation uses (a seeded, class-balanced subset of the test set, the same
     # for every trial); null: the whole test set. Evaluation runs after every epoch and is not
@@ -377,6 +378,8 @@ def _check(hp, key, value, where, strategy):
     if isinstance(value, str) and hp.kind is not str:
         what = "true or false" if hp.kind is bool else f"a number ({hp.kind.__name__})"
         raise UserError(where, f"must be {what}, got the string {value!r} (write it without quotes)")
+    if hp.kind is bool and not isinstance(value, bool):  # --set's 1 and 0 are taken; YAML has true and false
+        raise UserError(where, f"must be true or false, got {value!r}")
     try:
         return hp.check(key, value, strategy)
     except UserError as e:

@@ -34,6 +34,9 @@ from .errors import UserError, env_number
 from .strategies import Context, Strategy
 
 
+MAX_SEED = 2 ** 63 - 1  # the trials table's seed column is int64 (torch's generators take 64 bits)
+
+
 @dataclass
 class Workload:
     model: str = "resnet20"
@@ -45,7 +48,7 @@ class Workload:
     weight_decay: float = 5e-4  # L2 coefficient, applied to every trained weight
     schedule: str = "cosine"  # 'cosine' (to 0 at the end), 'step' (x0.1 at 50% and 75%) or 'constant'
     label_smoothing: float = 0.0  # fraction of target mass spread over all classes
-    seed: int = 0
+    seed: int = 0  # data subset, init, shuffle and strategy draws; 0 to MAX_SEED
     device: str = "cpu"  # 'cpu', 'cuda' or 'auto'
     subset: int | None = None  # training images (seeded, class-balanced); None: all
     width: int | None = None  # CIFAR ResNet stem channels (16 in the paper); None: the model's default
@@ -65,6 +68,8 @@ class Workload:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise UserError(name, f"must be an integer >= {lo}, got {v!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= MAX_SEED:
+            raise UserError("seed", f"must be an integer in [0, {MAX_SEED}], got {self.seed!r}")
         for name in ("lr", "momentum", "weight_decay", "label_smoothing"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:

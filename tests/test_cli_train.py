@@ -56,6 +56,8 @@ def test_train_evaluates_on_a_test_subset(capsys):
      "layerdropback.kappa"),
     (["--strategy", "layerdropback", "--set", "reading=equations", "--set", "p=0"], "layerdropback.p"),
     (["--test-subset", "0"], "--test-subset"),
+    (["--seed", "-1"], "--seed"),
+    (["--seed", str(2 ** 63)], "--seed"),  # torch's generator stopped with an overflow traceback
     # the second value would silently win: refused, so the run is the one the user meant
     (["--strategy", "depth_dropout", "--set", "p=0.1", "--set", "p=0.2"], "--set"),
 ])

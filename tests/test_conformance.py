@@ -254,7 +254,7 @@ class TestConformance:
             elif spec.choices is not None:
                 cases.append((key, "no_such_choice"))
             elif spec.kind in (int, float):
-                cases += [(key, "abc"), (key, "nan")]
+                cases += [(key, "abc"), (key, "nan"), (key, "1" + "0" * 400)]  # that last: more than 64 bits
                 cases += [(key, str(spec.low - 1))] if spec.low is not None else []
                 cases += [(key, str(spec.high + 1))] if spec.high is not None else []
         for key, value in cases:

@@ -37,6 +37,12 @@ from ..errors import UserError
 from ..text import plural
 
 
+def _short(v) -> str:
+    """A number as an error shows it: one of many digits by its length."""
+    text = str(v)
+    return text if len(text) <= 24 else f"a number of {len(text.lstrip('-'))} digits"
+
+
 @dataclass(frozen=True)
 class HParam:
     kind: type  # int, float, str or bool
@@ -94,12 +100,14 @@ class HParam:
                 v = int(v)
             if self.kind is int and not isinstance(v, int) or not isinstance(v, (int, float)):
                 raise UserError(field_name, f"must be {self.kind.__name__}, got {value!r}")
-            if not math.isfinite(v):
+            if isinstance(v, float) and not math.isfinite(v):
                 raise UserError(field_name, f"must be a finite number, got {value!r}")
             if self.low is not None and v < self.low or self.high is not None and v > self.high:
                 bounds = (f">= {self.low}" if self.high is None else f"<= {self.high}" if self.low is None
                           else f"in [{self.low}, {self.high}]")
-                raise UserError(field_name, f"must be {bounds}, got {v}")
+                raise UserError(field_name, f"must be {bounds}, got {_short(v)}")
+            if isinstance(v, int) and not -2 ** 63 < v < 2 ** 63:  # the results hold 64-bit numbers
+                raise UserError(field_name, f"must fit in 64 bits, got {_short(v)}")
             value = self.kind(v)
         else:
             value = str(value)
