@@ -10,6 +10,7 @@ from the model. ``tests/test_cost.py`` checks the sum against FlopCounterMode on
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -103,6 +104,9 @@ class CostTable:
             for h in hs:
                 h.remove()
             model.train(was_training)
+        # the fewest values per channel a BatchNorm normalises per image (H*W of its input; 1 at 1x1)
+        self.fewest_norm_values = min((math.prod(shapes[m][0][2:]) for m in order
+                                       if isinstance(m, nn.modules.batchnorm._BatchNorm)), default=None)
         flops: dict[tuple, tuple[int, int, int]] = {}
         measured = {}
         for m in order:

@@ -202,6 +202,9 @@ def training(w: Workload, strategy: Strategy, callback: Callable[[dict], None] |
     strategy.prepare_model(model)
     model.to(dev)
     cost = base_cost if [id(m) for m in model.modules()] == before else CostTable(model, shape, dev)
+    if w.batch_size == 1 and cost.fewest_norm_values == 1:
+        raise UserError("batch_size", f"1 image a step leaves one value per channel to BatchNorm, where {w.model}'s "
+                        "maps reach 1x1 at this image size; give at least 2")
     cuda = dev.type == "cuda"
     # NHWC on every device: on a CPU, oneDNN's NCHW input-gradient kernel is 3-5x slower for narrow
     # (8-channel) maps, which made narrow nets' early stages cost far more time per FLOP than late ones

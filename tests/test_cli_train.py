@@ -99,6 +99,20 @@ def test_strategies_lists_every_registered_one_with_units_and_shows_a_card(capsy
     assert err.endswith(" (for a plugin's, load it with --plugin MODULE)\n")
 
 
+def test_one_image_a_step_is_refused_only_where_batchnorm_would_see_1x1_maps(capsys):
+    # ResNet-18's maps reach 1x1 on digits' 8x8 images: BatchNorm would stop with a traceback
+    code = main(["train", "--model", "resnet18", "--dataset", "digits", "--batch-size", "1", "--subset", "16",
+                 "--epochs", "1", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.startswith("ldtune: error: --batch-size: 1 image a step leaves one value per channel to BatchNorm, "
+                          "where resnet18's maps reach 1x1") and err.count("\n") == 1
+    # a CIFAR ResNet ends at 2x2 there: one image a step trains
+    assert main(["train", "--dataset", "digits", "--width", "4", "--batch-size", "1", "--subset", "16",
+                 "--epochs", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "ok"
+
+
 def test_argparse_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--epochs", "three"])
