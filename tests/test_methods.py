@@ -249,6 +249,19 @@ def test_depth_dropout_shortcuts_start_as_the_identity_and_its_flags_act(drop_do
         assert torch.allclose(u.shortcut(x), y / (1 + layers[1].eps) ** 0.5, atol=1e-6)
 
 
+@pytest.mark.parametrize("model, warned", [("resnet50", True), ("resnet18", False), ("resnet20", False)])
+def test_depth_dropout_warns_where_its_shortcuts_cost_about_a_branch(model, warned, recwarn):
+    """A bottleneck unit's 1x1 shortcut at 4x width costs 16/17 of its branch (1x1, 3x3, 1x1): the
+    strategy then adds FLOPs at p = 0.5, and says so; a two-3x3-conv unit's costs 1/18."""
+    with torch.device("meta"):
+        net = models.build(model, 3, 10, image_size=32)
+        create("depth_dropout", p=0.5).prepare_model(net)
+    said = [str(w.message) for w in recwarn.list]
+    assert said == ([f"depth_dropout: {model}'s shortcuts would cost up to 94% of their branch's FLOPs (bottleneck "
+                     "units), so dropping saves little or costs more than it saves; the paper's nets have "
+                     "two-3x3-conv units (1/18)"] if warned else [])
+
+
 def test_bn_recalibration_averages_the_batch_statistics_of_the_net_as_evaluated():
     """``recalibrate_bn``'s core: every BatchNorm after the frozen prefix gets the plain average of
     its batch statistics over the batches, with every unit on as evaluation runs it (whatever the

@@ -1,7 +1,8 @@
 """Depth Dropout: skip whole residual branches at random, per mini-batch; trainable shortcuts.
 
-How to use: ``--strategy depth_dropout --set p=0.5`` on a residual block net (CIFAR ResNets,
-torchvision ResNets). Before training, every residual unit that does not down-sample gets a
+How to use: ``--strategy depth_dropout --set p=0.5`` on a residual block net of two-3x3-conv units
+(CIFAR ResNets, resnet18/34). On bottleneck nets (resnet50 and up) a 1x1 shortcut costs 16/17 of
+its branch, so the strategy adds FLOPs at p = 0.5 and warns. Before training, every residual unit that does not down-sample gets a
 trainable shortcut (1x1 conv + BatchNorm, initialised to pass its input through) in place of
 its identity. At every step each such unit draws once, from the strategy's seeded generator:
 with probability ``p`` its main path is skipped for the whole mini-batch. Evaluation runs every
@@ -65,6 +66,8 @@ Networks", DICTA 2016 (../shared/papers/depth-dropout.txt), Eq. 3-4 and Sec. III
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn as nn
 
@@ -111,7 +114,14 @@ class DepthDropout(BranchDrop):
     def prepare_model(self, model) -> None:
         self.units = [u for u in self.residual_units(model) if self.hp["drop_downsample"] or not u.downsample]
         self.drop = [self.hp["p"]] * len(self.units)
+        costs = []  # the new 1x1 conv's weights over the branch's: their FLOP ratio, at one resolution
         for u in self.units:
             if not u.downsample:  # identity shortcut -> trainable 1x1 conv + BN
-                u.shortcut = trainable_shortcut(branch_channels(u), self.hp["shortcut_relu"])
+                c = branch_channels(u)
+                costs.append(c * c / sum(m.weight.numel() for m in u.branch.modules() if isinstance(m, nn.Conv2d)))
+                u.shortcut = trainable_shortcut(c, self.hp["shortcut_relu"])
             u.eval_branch_scale = 1.0 - self.hp["p"] if self.hp["eval_scale"] else 1.0  # paper: unscaled
+        if costs and max(costs) > 0.25:  # a bottleneck (1x1, 3x3, 1x1 at 4x width): 16/17 of its branch
+            warnings.warn(f"depth_dropout: {model.arch or 'this net'}'s shortcuts would cost up to "
+                          f"{max(costs):.0%} of their branch's FLOPs (bottleneck units), so dropping saves little "
+                          "or costs more than it saves; the paper's nets have two-3x3-conv units (1/18)", stacklevel=2)
