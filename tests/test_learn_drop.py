@@ -310,3 +310,38 @@ def test_bad_hyperparameter_exits_2_naming_the_field(setting, field, capsys):
     assert cli.main(["train", "--strategy", "learn_drop", "--set", setting]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"ldtune: error: {field}:")
+
+
+class _TwoDrops(LearnDrop):
+    """Selects 2 blocks at the end of epoch 0 and 4 at the end of epoch 1; FlopCounterMode watches
+    from each epoch_start to the first step (where the loop builds or advances the cache)."""
+
+    def setup(self, ctx):
+        super().setup(ctx)
+        self.before, self.counter = [], None
+
+    def epoch_start(self, epoch):
+        plan = super().epoch_start(epoch)
+        self.counter = FlopCounterMode(display=False)
+        self.counter.__enter__()
+        return plan
+
+    def step_start(self, epoch, step, t):
+        if self.counter is not None:
+            self.counter.__exit__(None, None, None)
+            self.before.append(self.counter.get_total_flops())
+            self.counter = None
+
+    def epoch_end(self, epoch):
+        rec = super().epoch_end(epoch)
+        self.dropped = rec["drop_selected"] = {0: 2, 1: 4}.get(epoch, self.dropped)
+        return rec
+
+
+def test_a_later_drop_advances_the_cache_from_its_maps_not_from_the_images(data):
+    s = _TwoDrops(warmup_epochs=100)
+    r = fit(workload(3), s, data=data)
+    assert r.status == "ok" and [e["dropped_blocks"] for e in r.epochs] == [0, 2, 4]
+    cost = s.ctx.cost
+    # epoch 1 builds the cache through blocks 0-1; epoch 2 pushes it through blocks 2-3 only
+    assert s.before == [0, N * cost.forward(0, 2), N * cost.forward(2, 4)]

@@ -474,3 +474,22 @@ def test_layerdropback_run_skips_weight_gradients_only_in_drop_epochs(data):
             assert torch.equal(a, b)
         else:
             assert not torch.equal(a, b)
+
+
+def test_freezeout_puts_a_block_frozen_mid_epoch_in_eval_mode_at_once(data):
+    """The card: from the first step with t >= t_i the block's BatchNorm is in eval mode, so its
+    running statistics stop moving mid-epoch, not only from the next epoch's start."""
+    class Probe(FreezeOut):
+        def step_start(self, epoch, step, t):
+            before = self.frozen
+            super().step_start(epoch, step, t)
+            if self.frozen > before and not hasattr(self, "snap"):
+                self.snap = {k: v.clone() for k, v in self.blocks[0].state_dict().items()}
+
+        def epoch_end(self, epoch):
+            if hasattr(self, "snap") and not hasattr(self, "end"):
+                self.end = {k: v.clone() for k, v in self.blocks[0].state_dict().items()}
+            return super().epoch_end(epoch)
+    s = Probe(t0=0.3, schedule="linear", scale_lr=False)
+    assert fit(Workload(epochs=2, **SMALL), s, data=data).status == "ok"
+    assert s.snap.keys() == s.end.keys() and all(torch.equal(s.snap[k], s.end[k]) for k in s.snap)
