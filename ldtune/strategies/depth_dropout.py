@@ -108,6 +108,13 @@ class DepthDropout(BranchDrop):
         if self.hp["recalibrate_bn"] == 1:  # BatchNorm cannot take batch statistics of one image at 1x1
             raise UserError("depth_dropout.recalibrate_bn", "must be 0 (off) or at least 2 images")
 
+    def setup(self, ctx) -> None:
+        super().setup(ctx)
+        data = ctx.extra.get("data")
+        if data is not None and self.hp["recalibrate_bn"] > data.num_train:
+            warnings.warn(f"depth_dropout.recalibrate_bn: {self.hp['recalibrate_bn']} is more than the "
+                          f"{data.num_train} training images; it recalibrates on all of them", stacklevel=2)
+
     def epoch_start(self, epoch: int) -> EpochPlan:
         return EpochPlan(recalibrate_bn=self.hp["recalibrate_bn"])
 

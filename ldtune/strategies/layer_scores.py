@@ -17,6 +17,7 @@ frozen (``freezing``). The strategy cards explain the hyperparameters and the re
 from __future__ import annotations
 
 import math
+import warnings
 from typing import ClassVar, Sequence
 
 import numpy as np
@@ -167,6 +168,9 @@ class ScoreSelection(Strategy):
         super().setup(ctx)
         blocks = ctx.model.blocks
         self.num_blocks = len(blocks)
+        if self.hp["min_drop"] > self.num_blocks:
+            warnings.warn(f"{self.name}.min_drop: {self.hp['min_drop']} is more than {ctx.model.arch or 'the net'}'s "
+                          f"{self.num_blocks} blocks; nothing is ever dropped", stacklevel=2)
         self.dropped = 0  # leading blocks selected so far (dropped or frozen)
         self.p = [float("nan")] * self.num_blocks  # latest P_l per block (stored for dropped blocks)
         self.p_std = [float("nan")] * self.num_blocks  # latest P'_l per block (stored for dropped blocks)

@@ -41,6 +41,8 @@ for Accelerating Training of Deep Networks" (../shared/papers/layerdropback.txt)
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn as nn
 
@@ -95,6 +97,10 @@ class LayerDropBack(Strategy):
         layers = layers_of(ctx.model)
         k = self.hp["keep_first"]
         self.sampled = layers[k:-1]  # the first k and the last layer always train
+        if not self.sampled:
+            warnings.warn(f"layerdropback.keep_first: {k} leaves none of {ctx.model.arch or 'the net'}'s "
+                          f"{len(layers)} layers to sample (the first {k} and the last always train); "
+                          "nothing is skipped", stacklevel=2)
         self.off: list[nn.Parameter] = []  # parameters this strategy switched off
         self.drop = False
         self.batch_size = int(round(self.hp["kappa"] * ctx.batch_size))
