@@ -397,19 +397,29 @@ def _line(row, n: int, total: int, hparams: dict) -> str:
 def prepare(study: Study, output: str | Path, resume: bool) -> Path:
     """Check the study directory before anything runs: an earlier study there needs ``--resume``,
     and ``--resume`` needs the same spec (trial budgets may change)."""
+    if not str(output).strip():  # Path("") is the current directory
+        raise UserError("--output", "is empty; name a directory (default: results)")
     check_output_dir(Path(output))
     study_dir = Path(output) / study.name
     if study_dir.exists() and not study_dir.is_dir():
         raise UserError("--output", f"{study_dir} is a file; the study {study.name!r} needs that name for its "
                         "directory (choose another --output)")
     saved = study_dir / CONFIG_FILE
-    has_results = (study_dir / "trials.parquet").is_file() or saved.is_file()
+    # optuna.db alone is a study too: a fresh run would continue its sampler's history
+    has_results = any((study_dir / f).is_file() for f in ("trials.parquet", CONFIG_FILE, OPTUNA_FILE))
     if has_results and not resume:
         raise UserError("--output", f"{study_dir} already holds study {study.name!r}; pass --resume to finish it, "
                         "or choose another --output")
     if resume and not has_results:  # a mistyped --output would otherwise run the whole study again
         raise UserError("--resume", f"{study_dir} holds no study {study.name!r} to resume; "
                         "check --output, or leave out --resume to start it")
+    if resume and not saved.is_file() and (study_dir / "trials.parquet").is_file():
+        rows, _ = results.read_rows(study_dir)  # no saved config to compare: the rows' own workload columns
+        for key in ("model", "dataset", "epochs"):
+            now, seen = getattr(study.workload, key), {r.get(key) for r in rows} - {None}
+            if seen - {now}:
+                raise UserError(f"workload.{key}", f"{now!r} here, {sorted(seen - {now}, key=str)[0]!r} in "
+                                f"{study_dir / 'trials.parquet'} (its {CONFIG_FILE} is missing); resume with the same spec")
     if resume and saved.is_file():
         before = saved_config(saved)
         now = study.to_dict()
@@ -509,10 +519,46 @@ def _nothing_left(study: Study, study_dir: Path, left: Left, stream: TextIO, sta
     return Outcome(study_dir=study_dir, trials=trials, interrupted=False, wall_s=time.perf_counter() - start)
 
 
+_LOCKS: dict[str, int] = {}  # study directory -> the descriptor holding its lock for this run
+
+
+def lock_study_dir(study_dir: Path) -> None:
+    """One ``ldtune run`` per study directory at a time: a second (a ``--resume`` while the first
+    still runs) would run the same trials again and overwrite the other's rows. An advisory
+    ``flock`` on the directory, released when the run ends or its process dies."""
+    import fcntl
+    key = str(study_dir.resolve())
+    if key in _LOCKS or not study_dir.is_dir():
+        return
+    fd = os.open(study_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UserError("--output", f"{study_dir} is being written by another `ldtune run` of study "
+                        f"{study_dir.name!r}; let it end (or stop it) before resuming") from None
+    _LOCKS[key] = fd
+
+
+def unlock_study_dir(study_dir: Path) -> None:
+    fd = _LOCKS.pop(str(study_dir.resolve()), None)
+    if fd is not None:
+        os.close(fd)
+
+
 def run_study(study: Study, output: str | Path = "results", *, address: str | None = None, resume: bool = False,
               callbacks=(), stream: TextIO | None = None) -> Outcome:
     start = time.perf_counter()
     study_dir = prepare(study, output, resume)
+    lock_study_dir(study_dir)  # a new study's directory does not exist yet: _run locks it once made
+    try:
+        return _run_study(study, study_dir, start, address, resume, callbacks, stream)
+    finally:
+        unlock_study_dir(study_dir)
+
+
+def _run_study(study: Study, study_dir: Path, start: float, address: str | None, resume: bool, callbacks,
+               stream: TextIO | None) -> Outcome:
     left = _left(study, study_dir if resume else None)
     if resume and not left.slots:  # a finished study resumed: no Ray to start, no data to check
         return _nothing_left(study, study_dir, left, stream or sys.stdout, start)
@@ -536,7 +582,15 @@ def _run(study: Study, study_dir: Path, left: Left, callbacks: list, stream: Tex
     from ray import tune
 
     cpu, gpu = resources(study, fixed_nodes)
+    saved = study_dir / CONFIG_FILE
+    if left.rows and saved.is_file():  # a trial's time compares only with trials given the same resources
+        was = saved_config(saved).get("resources") or {}
+        for key, now in (("cpu", cpu), ("gpu", gpu)):
+            if isinstance(was.get(key), (int, float)) and float(was[key]) != now:
+                raise UserError(f"resources.{key}", f"{now:g} per trial here, {float(was[key]):g} in the study being "
+                                f"resumed ({saved}); the resumed trials' times would not compare with the earlier ones")
     study_dir.mkdir(parents=True, exist_ok=True)
+    lock_study_dir(study_dir)
     _save_config(study, study_dir, {"cpu": cpu, "gpu": gpu})
     rows, epoch_rows, retry, slots = left.rows, left.epoch_rows, left.standing.rows, left.slots
     standing, failed = left.standing, {r["trial_id"] for r in retry}
@@ -580,12 +634,16 @@ def _run(study: Study, study_dir: Path, left: Left, callbacks: list, stream: Tex
         logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)  # its Ctrl-C advice is Tuner.restore; ours is --resume
         logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
         logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.CRITICAL)
-        sigint = signal.getsignal(signal.SIGINT)
+        sigint, sigterm = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        main_thread = threading.current_thread() is threading.main_thread()
+        if main_thread:  # a cancelled job gets SIGTERM: stop as Ctrl-C does (else Ray's handler aborts)
+            signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
         try:
             tuner.fit()
         finally:  # Tune leaves its own handler installed, which would swallow the caller's next Ctrl-C
-            if threading.current_thread() is threading.main_thread():
+            if main_thread:
                 signal.signal(signal.SIGINT, sigint)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if sigterm is None else sigterm)
     outcome.trials = standing.write(study_dir, rows, epoch_rows)
     done = {r["trial_id"] for r in rows}
     outcome.interrupted = any(trial_id(*s) not in done for s in slots)

@@ -269,6 +269,8 @@ def from_dict(raw: dict) -> Study:
     plans = _fitting_model(workload, plans, implicit)
     if spec.resources.gpu is not None and spec.resources.gpu > 0 and workload.device == "cpu":
         raise UserError("resources.gpu", "the workload runs on cpu (workload.device); ask for no GPU")
+    if spec.resources.gpu == 0 and workload.device == "cuda":  # refused on every cluster: say so here
+        raise UserError("workload.device", "cuda asked for, but resources.gpu is 0")
     if spec.resources.gpu is not None and 0 < spec.resources.gpu < 1:
         warnings.warn(f"resources.gpu = {spec.resources.gpu}: trials share a GPU, which distorts their timings "
                       "(time_saved, speedup)", stacklevel=2)

@@ -82,7 +82,8 @@ def ray_local(tmp_path_factory):
     sys.path.insert(0, str(plugin_dir))
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(plugin_dir)] + ([old] if old else []))
-    ctx = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": a new instance even where a `ray start` cluster runs on this machine
+    ctx = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ctx.address_info["gcs_address"]
     ray.shutdown()
     sys.path.remove(str(plugin_dir))
@@ -477,3 +478,64 @@ def test_resume_with_a_changed_search_names_the_bound_and_an_added_strategy_is_a
     (tmp_path / SPEC["name"] / runner.CONFIG_FILE).write_text(yaml.safe_dump(study_mod.from_dict(spec).to_dict()))
     added = {**spec, "strategies": {**spec["strategies"], "stochastic_depth": {"trials": 1}}}
     assert runner.prepare(study_mod.from_dict(added), tmp_path, resume=True) == tmp_path / SPEC["name"]
+
+
+def _copy_with_rows(study_dir: Path, to: Path, rows: int) -> Path:
+    """A copy of a finished study cut back to its first ``rows`` trials, as an interrupted run leaves it."""
+    import shutil
+    shutil.copytree(study_dir, to / study_dir.name)
+    pq.write_table(pq.read_table(study_dir / "trials.parquet").slice(0, rows), to / study_dir.name / "trials.parquet")
+    return to / study_dir.name
+
+
+def test_resume_with_other_resources_or_without_its_config_is_refused(finished, spec_file, tmp_path, capsys):
+    """A trial's time is compared with the same device's baselines: resumed with another CPU count,
+    it would have none (time_saved null for every resumed trial). A study whose study.yaml is gone
+    is compared by its rows' workload columns."""
+    study_dir = _copy_with_rows(finished[0], tmp_path, 3)
+    before = {f: (study_dir / f).read_bytes() for f in results.FILES}
+    fewer = spec_file.with_name("fewer_cpus.yaml")
+    fewer.write_text(yaml.safe_dump({**SPEC, "resources": {"cpu": 1}}))  # the study took the node's 2
+    assert cli.main(["run", str(fewer), "--output", str(tmp_path), "--resume"]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"ldtune: error: resources.cpu: 1 per trial here, 2 in the study being resumed ({study_dir / 'study.yaml'}); "
+        "the resumed trials' times would not compare with the earlier ones\n")
+    assert {f: (study_dir / f).read_bytes() for f in results.FILES} == before
+    (study_dir / runner.CONFIG_FILE).unlink()
+    longer = spec_file.with_name("longer.yaml")
+    longer.write_text(yaml.safe_dump({**SPEC, "workload": {**SPEC["workload"], "epochs": 2}}))
+    assert cli.main(["run", str(longer), "--output", str(tmp_path), "--resume"]) == 2
+    assert capsys.readouterr().err == (f"ldtune: error: workload.epochs: 2 here, 1 in {study_dir / 'trials.parquet'} "
+                                       "(its study.yaml is missing); resume with the same spec\n")
+    assert {f: (study_dir / f).read_bytes() for f in results.FILES} == before
+
+
+def test_a_left_over_optuna_db_or_an_empty_output_is_refused(finished, spec_file, tmp_path, capsys):
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / runner.OPTUNA_FILE).write_bytes((finished[0] / runner.OPTUNA_FILE).read_bytes())
+    assert cli.main(["run", str(spec_file), "--output", str(tmp_path)]) == 2  # it would continue that search
+    assert capsys.readouterr().err.startswith(f"ldtune: error: --output: {tmp_path / 'tiny'} already holds study")
+    assert cli.main(["run", str(spec_file), "--output", ""]) == 2
+    assert capsys.readouterr().err == "ldtune: error: --output: is empty; name a directory (default: results)\n"
+
+
+def test_one_run_per_study_at_a_time_and_sigterm_stops_as_ctrl_c_does(ray_local, spec_file, tmp_path, capsys):
+    """A second driver on a running study (a --resume while the first still runs) would run the same
+    trials again and overwrite the other's rows: refused. SIGTERM (a cancelled job) stops the
+    running one as Ctrl-C does: rows saved, exit 130, the --resume command named."""
+    study_dir = tmp_path / "tiny"
+    proc = subprocess.Popen([sys.executable, "-m", "ldtune", "run", str(spec_file), "--output", str(tmp_path),
+                             "--address", ray_local], cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and not (study_dir / "trials.parquet").is_file():
+        time.sleep(0.05)
+    assert cli.main(["run", str(spec_file), "--output", str(tmp_path), "--resume"]) == 2
+    err = capsys.readouterr().err
+    proc.send_signal(signal.SIGTERM)
+    log = proc.communicate(timeout=120)[0]
+    assert err == (f"ldtune: error: --output: {study_dir} is being written by another `ldtune run` of study 'tiny'; "
+                   "let it end (or stop it) before resuming\n"), log
+    rows = pq.read_table(study_dir / "trials.parquet").num_rows
+    assert proc.returncode == 130 and 1 <= rows < len(EXPECTED_IDS), log
+    assert f"--output {tmp_path} --address {ray_local} --resume` runs the remaining trials" in log
