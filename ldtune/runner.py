@@ -133,9 +133,8 @@ def resources(study: Study, fixed_nodes: bool = True) -> tuple[float, float]:
                           "GPU nodes the autoscaler will add, set resources.gpu: 1", stacklevel=2)
     if gpu > 0 and not has_gpu and fixed_nodes:
         raise UserError("resources.gpu", "the Ray cluster has no GPU (ask for gpu: 0, or add a GPU node)")
-    if gpu == 0 and study.workload.device == "cuda":
-        raise UserError("workload.device", "cuda asked for, but the Ray cluster has no GPU"
-                        if not has_gpu else "cuda asked for, but resources.gpu is 0")
+    if gpu == 0 and study.workload.device == "cuda":  # (gpu: 0 with cuda is refused when the spec is read)
+        raise UserError("workload.device", "cuda asked for, but the Ray cluster has no GPU")
     cpu = study.cpu
     if cpu is None:
         if gpu > 0 and not has_gpu:  # a cluster whose autoscaler has not added its GPU workers yet
@@ -519,29 +518,39 @@ def _nothing_left(study: Study, study_dir: Path, left: Left, stream: TextIO, sta
     return Outcome(study_dir=study_dir, trials=trials, interrupted=False, wall_s=time.perf_counter() - start)
 
 
-_LOCKS: dict[str, int] = {}  # study directory -> the descriptor holding its lock for this run
+LOCK_FILE = ".lock"  # in the study directory: held (flock) by the one driver writing it
 
 
-def lock_study_dir(study_dir: Path) -> None:
+def lock_study_dir(study_dir: Path) -> int | None:
     """One ``ldtune run`` per study directory at a time: a second (a ``--resume`` while the first
     still runs) would run the same trials again and overwrite the other's rows. An advisory
-    ``flock`` on the directory, released when the run ends or its process dies."""
+    ``flock`` on ``LOCK_FILE``, opened for writing so that NFS locks it across machines too; it is
+    released when the descriptor returned is closed (``unlock_study_dir``) or the process dies.
+    None where the directory does not exist yet, or its filesystem takes no locks (with a warning)."""
     import fcntl
-    key = str(study_dir.resolve())
-    if key in _LOCKS or not study_dir.is_dir():
-        return
-    fd = os.open(study_dir, os.O_RDONLY)
+    if not study_dir.is_dir():
+        return None
+    try:
+        fd = os.open(study_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        warnings.warn(f"{study_dir}: cannot create {LOCK_FILE} ({e.strerror}); nothing stops a second run "
+                      "writing this study at the same time", stacklevel=2)
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise UserError("--output", f"{study_dir} is being written by another `ldtune run` of study "
-                        f"{study_dir.name!r}; let it end (or stop it) before resuming") from None
-    _LOCKS[key] = fd
+                        f"{study_dir.name!r}; let it end (or stop it) first") from None
+    except OSError as e:
+        os.close(fd)
+        warnings.warn(f"{study_dir}: its filesystem takes no locks ({e.strerror}); nothing stops a second run "
+                      "writing this study at the same time", stacklevel=2)
+        return None
+    return fd
 
 
-def unlock_study_dir(study_dir: Path) -> None:
-    fd = _LOCKS.pop(str(study_dir.resolve()), None)
+def unlock_study_dir(fd: int | None) -> None:
     if fd is not None:
         os.close(fd)
 
@@ -550,15 +559,17 @@ def run_study(study: Study, output: str | Path = "results", *, address: str | No
               callbacks=(), stream: TextIO | None = None) -> Outcome:
     start = time.perf_counter()
     study_dir = prepare(study, output, resume)
-    lock_study_dir(study_dir)  # a new study's directory does not exist yet: _run locks it once made
+    # a new study's directory does not exist yet: _run locks it once made (nothing written before)
+    locks = [lock_study_dir(study_dir)] if study_dir.is_dir() else []
     try:
-        return _run_study(study, study_dir, start, address, resume, callbacks, stream)
+        return _run_study(study, study_dir, start, address, resume, callbacks, stream, locks)
     finally:
-        unlock_study_dir(study_dir)
+        for fd in locks:
+            unlock_study_dir(fd)
 
 
 def _run_study(study: Study, study_dir: Path, start: float, address: str | None, resume: bool, callbacks,
-               stream: TextIO | None) -> Outcome:
+               stream: TextIO | None, locks: list) -> Outcome:
     left = _left(study, study_dir if resume else None)
     if resume and not left.slots:  # a finished study resumed: no Ray to start, no data to check
         return _nothing_left(study, study_dir, left, stream or sys.stdout, start)
@@ -566,7 +577,7 @@ def _run_study(study: Study, study_dir: Path, start: float, address: str | None,
     check_data(study, trials_here=fixed_nodes)
     started = connect(address)
     try:
-        return _run(study, study_dir, left, list(callbacks), stream, start, fixed_nodes)
+        return _run(study, study_dir, left, list(callbacks), stream, start, fixed_nodes, locks)
     finally:
         if started:
             import ray
@@ -574,23 +585,32 @@ def _run_study(study: Study, study_dir: Path, start: float, address: str | None,
 
 
 def _run(study: Study, study_dir: Path, left: Left, callbacks: list, stream: TextIO | None, start: float,
-         fixed_nodes: bool = True) -> Outcome:
+         fixed_nodes: bool = True, locks: list | None = None) -> Outcome:
     stream = stream or sys.stdout
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing; we print a line per trial
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial CSV/JSON/TensorBoard files
     import ray
     from ray import tune
 
-    cpu, gpu = resources(study, fixed_nodes)
     saved = study_dir / CONFIG_FILE
     if left.rows and saved.is_file():  # a trial's time compares only with trials given the same resources
-        was = saved_config(saved).get("resources") or {}
-        for key, now in (("cpu", cpu), ("gpu", gpu)):
-            if isinstance(was.get(key), (int, float)) and float(was[key]) != now:
-                raise UserError(f"resources.{key}", f"{now:g} per trial here, {float(was[key]):g} in the study being "
-                                f"resumed ({saved}); the resumed trials' times would not compare with the earlier ones")
+        was = {k: float(v) for k, v in (saved_config(saved).get("resources") or {}).items()
+               if k in ("cpu", "gpu") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for key, val in was.items():
+            given = getattr(study, key)
+            if given is not None and float(given) != val:
+                raise UserError(f"resources.{key}", f"{given:g} per trial here, {val:g} in the study being resumed "
+                                f"({saved}); its trials' times would not compare with the earlier ones (set "
+                                f"resources.{key}: {val:g}, or leave it out, to resume it)")
+        # what the spec leaves to the cluster is what the first run decided, not what this cluster would
+        study = dataclasses.replace(study, **{k: v for k, v in was.items() if getattr(study, k) is None})
+    cpu, gpu = resources(study, fixed_nodes)
     study_dir.mkdir(parents=True, exist_ok=True)
-    lock_study_dir(study_dir)
+    if locks == []:  # a new study: lock it now, and make sure no other run started it meanwhile
+        locks.append(lock_study_dir(study_dir))
+        if any((study_dir / f).is_file() for f in ("trials.parquet", CONFIG_FILE, OPTUNA_FILE)):
+            raise UserError("--output", f"{study_dir}: another `ldtune run` of study {study.name!r} started it "
+                            "meanwhile; let it end, then pass --resume to finish it")
     _save_config(study, study_dir, {"cpu": cpu, "gpu": gpu})
     rows, epoch_rows, retry, slots = left.rows, left.epoch_rows, left.standing.rows, left.slots
     standing, failed = left.standing, {r["trial_id"] for r in retry}

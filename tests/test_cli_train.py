@@ -144,7 +144,8 @@ def test_a_warm_up_too_long_for_the_run_is_warned_of(capsys):
 @pytest.mark.parametrize("strategy, setting, said", [
     ("layerdropback", "keep_first=21", "layerdropback.keep_first: 21 leaves none of resnet20's 22 layers to sample "
                                        "(the first 21 and the last always train); nothing is skipped"),
-    ("learn_drop", "min_drop=11", "learn_drop.min_drop: 11 is more than resnet20's 10 blocks; nothing is ever dropped"),
+    ("learn_drop", "min_drop=10", "learn_drop.min_drop: 10 is not below resnet20's 10 blocks (the last is never "
+                                  "dropped); nothing is ever dropped"),
     ("depth_dropout", "recalibrate_bn=500", "depth_dropout.recalibrate_bn: 500 is more than the 128 training "
                                             "images; it recalibrates on all of them"),
 ])
@@ -153,7 +154,7 @@ def test_a_setting_larger_than_the_net_or_data_is_warned_of(strategy, setting, s
     assert main([*argv, "--set", setting, "--json"]) == 0
     err = capsys.readouterr().err
     assert err.startswith(f"ldtune: warning: {said}\n") and err.count("warning") == 1, err
-    smaller = setting.split("=")[0] + "=" + {"keep_first": "20", "min_drop": "10", "recalibrate_bn": "128"}[
+    smaller = setting.split("=")[0] + "=" + {"keep_first": "20", "min_drop": "9", "recalibrate_bn": "128"}[
         setting.split("=")[0]]
     assert main([*argv, "--set", smaller, "--json"]) == 0
     assert "warning" not in capsys.readouterr().err

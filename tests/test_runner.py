@@ -499,8 +499,18 @@ def test_resume_with_other_resources_or_without_its_config_is_refused(finished, 
     assert cli.main(["run", str(fewer), "--output", str(tmp_path), "--resume"]) == 2
     assert capsys.readouterr().err.endswith(
         f"ldtune: error: resources.cpu: 1 per trial here, 2 in the study being resumed ({study_dir / 'study.yaml'}); "
-        "the resumed trials' times would not compare with the earlier ones\n")
+        "its trials' times would not compare with the earlier ones (set resources.cpu: 2, or leave it out, to "
+        "resume it)\n")
     assert {f: (study_dir / f).read_bytes() for f in results.FILES} == before
+    # what the spec leaves to the cluster comes from the first run, not from this cluster (2 CPUs)
+    first = _copy_with_rows(finished[0], tmp_path / "decided", 3)
+    saved = yaml.safe_load((first / runner.CONFIG_FILE).read_text())
+    (first / runner.CONFIG_FILE).write_text(yaml.safe_dump({**saved, "resources": {"cpu": 1.0, "gpu": 0.0}}))
+    outcome = runner.run_study(study_mod.load(spec_file), first.parent, resume=True)
+    resumed = outcome.trials.set_index("trial_id").loc[sorted(outcome.trial_time_s)]
+    ran = resumed[resumed["status"] != "error"]  # boom-001 raises before it is timed
+    assert len(resumed) == len(EXPECTED_IDS) - 3 and len(ran) >= 2 and ran["device_name"].str.endswith(":1t").all()
+    assert yaml.safe_load((first / runner.CONFIG_FILE).read_text())["resources"] == {"cpu": 1.0, "gpu": 0.0}
     (study_dir / runner.CONFIG_FILE).unlink()
     longer = spec_file.with_name("longer.yaml")
     longer.write_text(yaml.safe_dump({**SPEC, "workload": {**SPEC["workload"], "epochs": 2}}))
@@ -535,7 +545,17 @@ def test_one_run_per_study_at_a_time_and_sigterm_stops_as_ctrl_c_does(ray_local,
     proc.send_signal(signal.SIGTERM)
     log = proc.communicate(timeout=120)[0]
     assert err == (f"ldtune: error: --output: {study_dir} is being written by another `ldtune run` of study 'tiny'; "
-                   "let it end (or stop it) before resuming\n"), log
+                   "let it end (or stop it) first\n"), log
     rows = pq.read_table(study_dir / "trials.parquet").num_rows
     assert proc.returncode == 130 and 1 <= rows < len(EXPECTED_IDS), log
     assert f"--output {tmp_path} --address {ray_local} --resume` runs the remaining trials" in log
+
+
+def test_the_study_lock_is_one_holder_at_a_time_and_released_by_its_holder(tmp_path):
+    assert runner.lock_study_dir(tmp_path / "not_yet") is None  # a new study locks once its directory exists
+    fd = runner.lock_study_dir(tmp_path)
+    with pytest.raises(UserError, match="is being written by another `ldtune run`"):  # this process too
+        runner.lock_study_dir(tmp_path)
+    runner.unlock_study_dir(fd)
+    runner.unlock_study_dir(runner.lock_study_dir(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [runner.LOCK_FILE]

@@ -106,7 +106,7 @@ class HParam:
                 bounds = (f">= {self.low}" if self.high is None else f"<= {self.high}" if self.low is None
                           else f"in [{self.low}, {self.high}]")
                 raise UserError(field_name, f"must be {bounds}, got {_short(v)}")
-            if isinstance(v, int) and not -2 ** 63 < v < 2 ** 63:  # the results hold 64-bit numbers
+            if isinstance(v, int) and not -2 ** 63 <= v < 2 ** 63:  # the results hold 64-bit numbers
                 raise UserError(field_name, f"must fit in 64 bits, got {_short(v)}")
             value = self.kind(v)
         else:

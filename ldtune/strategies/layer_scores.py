@@ -168,9 +168,9 @@ class ScoreSelection(Strategy):
         super().setup(ctx)
         blocks = ctx.model.blocks
         self.num_blocks = len(blocks)
-        if self.hp["min_drop"] > self.num_blocks:
-            warnings.warn(f"{self.name}.min_drop: {self.hp['min_drop']} is more than {ctx.model.arch or 'the net'}'s "
-                          f"{self.num_blocks} blocks; nothing is ever dropped", stacklevel=2)
+        if self.hp["min_drop"] >= self.num_blocks:  # a selection never takes the last block still training
+            warnings.warn(f"{self.name}.min_drop: {self.hp['min_drop']} is not below {ctx.model.arch or 'the net'}'s "
+                          f"{self.num_blocks} blocks (the last is never dropped); nothing is ever dropped", stacklevel=2)
         self.dropped = 0  # leading blocks selected so far (dropped or frozen)
         self.p = [float("nan")] * self.num_blocks  # latest P_l per block (stored for dropped blocks)
         self.p_std = [float("nan")] * self.num_blocks  # latest P'_l per block (stored for dropped blocks)
