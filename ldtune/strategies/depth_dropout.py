@@ -2,11 +2,12 @@
 
 How to use: ``--strategy depth_dropout --set p=0.5`` on a residual block net of two-3x3-conv units
 (CIFAR ResNets, resnet18/34). On bottleneck nets (resnet50 and up) a 1x1 shortcut costs 16/17 of
-its branch, so the strategy adds FLOPs at p = 0.5 and warns. Before training, every residual unit that does not down-sample gets a
-trainable shortcut (1x1 conv + BatchNorm, initialised to pass its input through) in place of
-its identity. At every step each such unit draws once, from the strategy's seeded generator:
-with probability ``p`` its main path is skipped for the whole mini-batch. Evaluation runs every
-unit, unscaled (Sec. III-D: the trainable shortcut has already absorbed the dropping).
+its branch, so the strategy adds FLOPs at p = 0.5 and warns. Before training, every residual unit
+that does not down-sample gets a trainable shortcut (1x1 conv + BatchNorm, initialised to pass
+its input through) in place of its identity. At every step each such unit draws once, from the
+strategy's seeded generator: with probability ``p`` its main path is skipped for the whole
+mini-batch. Evaluation runs every unit, unscaled (Sec. III-D: the trainable shortcut has
+already absorbed the dropping).
 
 Suggested hyperparameters: ``p`` = 0.25 (the paper's most accurate: error 8.1% vs 8.5% on
 CIFAR-10 ResNet-56) or 0.5 (about a third less training time for error 9.8%: 1.3 points up,
