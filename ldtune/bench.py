@@ -64,7 +64,7 @@ def bench(w: Workload, runs: list[tuple[str, dict]], repeats: int = 2, data=None
         raise UserError("seed", f"must be at most {MAX_SEED - repeats + 1} for {repeats} rounds, got {w.seed}")
     runs = [("baseline", {})] + [r for r in runs if r[0] != "baseline"]
     for name, hp in runs:  # every bad name or value fails here, before any training
-        strategies.create(name, **hp)
+        strategies.create(name, **hp).warn_never_acting(hp, w.epochs)  # as `train` warns
     data = data if data is not None else load_data(w)
     warn_beyond_test_set(data, test_subset, w.dataset, "test_subset", "the bench evaluates")
     data = trim_test_set(data, test_subset, w.seed)

@@ -393,6 +393,12 @@ def _line(row, n: int, total: int, hparams: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------- run
+def holds_study(study_dir: Path) -> bool:
+    """Whether an earlier run left a study here (optuna.db alone is one: a fresh run would continue
+    its sampler's history)."""
+    return any((study_dir / f).is_file() for f in ("trials.parquet", CONFIG_FILE, OPTUNA_FILE))
+
+
 def prepare(study: Study, output: str | Path, resume: bool) -> Path:
     """Check the study directory before anything runs: an earlier study there needs ``--resume``,
     and ``--resume`` needs the same spec (trial budgets may change)."""
@@ -404,8 +410,7 @@ def prepare(study: Study, output: str | Path, resume: bool) -> Path:
         raise UserError("--output", f"{study_dir} is a file; the study {study.name!r} needs that name for its "
                         "directory (choose another --output)")
     saved = study_dir / CONFIG_FILE
-    # optuna.db alone is a study too: a fresh run would continue its sampler's history
-    has_results = any((study_dir / f).is_file() for f in ("trials.parquet", CONFIG_FILE, OPTUNA_FILE))
+    has_results = holds_study(study_dir)
     if has_results and not resume:
         raise UserError("--output", f"{study_dir} already holds study {study.name!r}; pass --resume to finish it, "
                         "or choose another --output")
@@ -608,7 +613,7 @@ def _run(study: Study, study_dir: Path, left: Left, callbacks: list, stream: Tex
     study_dir.mkdir(parents=True, exist_ok=True)
     if locks == []:  # a new study: lock it now, and make sure no other run started it meanwhile
         locks.append(lock_study_dir(study_dir))
-        if any((study_dir / f).is_file() for f in ("trials.parquet", CONFIG_FILE, OPTUNA_FILE)):
+        if holds_study(study_dir):
             raise UserError("--output", f"{study_dir}: another `ldtune run` of study {study.name!r} started it "
                             "meanwhile; let it end, then pass --resume to finish it")
     _save_config(study, study_dir, {"cpu": cpu, "gpu": gpu})

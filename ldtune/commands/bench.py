@@ -75,9 +75,6 @@ def main(a) -> int:
         a.width = 8
     w = workload_from_args(a)
     runs = parse_runs(a.strategies, a.set)
-    from .. import strategies
-    for name, given in runs:
-        strategies.create(name, **given).warn_never_acting(given, w.epochs)
     if a.threads < 0:
         raise UserError("threads", f"must be >= 0, got {a.threads}")
     set_threads()
