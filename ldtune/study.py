@@ -283,14 +283,15 @@ def from_dict(raw: dict) -> Study:
 def check_data(study: Study, trials_here: bool = True) -> None:
     """Load the study's data on this machine, as each trial will (on the CPU), so that a subset
     larger than the dataset is one error naming the field before any trial starts, not the same
-    error in every trial; a test_subset larger than the test set is a warning (all are used).
+    error in every trial; a test_subset larger than the test set is a warning (all are used). A
+    batch_size of 1 where the net's maps reach 1x1 at the data's image size is an error here too.
 
     Data this machine cannot load is an error where the trials run here (``trials_here``; a
     dataset not yet downloaded is downloaded, once, as a trial would), and a warning where they
     may run elsewhere (a cluster whose nodes hold data this machine lacks; ``validate``), which
     download nothing."""
     from .data import warn_beyond_test_set
-    from .train import load_data
+    from .train import check_batch_size_for, load_data
     w = dataclasses.replace(study.workload, device="cpu")
     try:
         data = load_data(w, download=trials_here)
@@ -303,6 +304,10 @@ def check_data(study: Study, trials_here: bool = True) -> None:
                       "(the trials load or download the data where they run)", stacklevel=2)
         return
     warn_beyond_test_set(data, study.test_subset, study.workload.dataset, "test_subset", "the trials evaluate")
+    try:
+        check_batch_size_for(w, data)
+    except UserError as e:
+        raise UserError(f"workload.{e.field}", e.message) from None
 
 
 def _workload(spec: StudySpec) -> Workload:

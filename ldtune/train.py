@@ -160,6 +160,25 @@ def build_model(w: Workload, data) -> models.BlockNet:
     return models.build(w.model, data.in_channels, data.num_classes, width=w.width, image_size=data.image_size)
 
 
+def check_batch_size(w: Workload, cost: CostTable) -> None:
+    """BatchNorm in training needs more than one value per channel: a 1-image step on a net whose maps
+    reach 1x1 (VGG, ResNet-18 on small images) would stop at the first step."""
+    if w.batch_size == 1 and cost.fewest_norm_values == 1:
+        raise UserError("batch_size", f"1 image a step leaves one value per channel to BatchNorm, where {w.model}'s "
+                        "maps reach 1x1 at this image size; give at least 2")
+
+
+def check_batch_size_for(w: Workload, data) -> None:
+    """:func:`check_batch_size` before any trial: the net built for ``data``'s images on the meta
+    device (no memory; the cost table only walks shapes there)."""
+    if w.batch_size != 1:
+        return
+    with torch.device("meta"):
+        net = build_model(w, data)
+        check_batch_size(w, CostTable(net, (data.in_channels, data.image_size, data.image_size),
+                                      torch.device("meta")))
+
+
 PAUSES = ("step", "epoch")  # where a run made by `training` pauses
 
 
@@ -202,9 +221,7 @@ def training(w: Workload, strategy: Strategy, callback: Callable[[dict], None] |
     strategy.prepare_model(model)
     model.to(dev)
     cost = base_cost if [id(m) for m in model.modules()] == before else CostTable(model, shape, dev)
-    if w.batch_size == 1 and cost.fewest_norm_values == 1:
-        raise UserError("batch_size", f"1 image a step leaves one value per channel to BatchNorm, where {w.model}'s "
-                        "maps reach 1x1 at this image size; give at least 2")
+    check_batch_size(w, cost)
     cuda = dev.type == "cuda"
     # NHWC on every device: on a CPU, oneDNN's NCHW input-gradient kernel is 3-5x slower for narrow
     # (8-channel) maps, which made narrow nets' early stages cost far more time per FLOP than late ones

@@ -322,6 +322,22 @@ def test_data_checks_before_ray_missing_data_and_a_large_test_subset(tmp_path, c
     assert not gone.exists()
 
 
+def test_a_batch_of_one_image_where_the_maps_reach_1x1_fails_validate(tmp_path, capsys):
+    """The net is built at the data's image size (8 px digits), not validation's usual 32 px, so
+    ResNet-18's 1x1 maps are seen before any trial fails on them."""
+    spec = tmp_path / "one.yaml"
+    spec.write_text(yaml.safe_dump(_merge(GOOD, {"workload": {"model": "resnet18", "width": None, "batch_size": 1}})))
+    assert cli.main(["validate", str(spec)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == ("ldtune: error: workload.batch_size: 1 image a step leaves one value per channel to BatchNorm, "
+                   "where resnet18's maps reach 1x1 at this image size; give at least 2\n")
+    spec.write_text(yaml.safe_dump(_merge(GOOD, {"workload": {"model": "resnet20", "batch_size": 1}})))
+    assert cli.main(["validate", str(spec)]) == 0  # ResNet-20's last maps are 2x2 on 8 px images
+    spec.write_text(yaml.safe_dump(_merge(GOOD, {"workload": {"model": "resnet18", "width": None, "batch_size": 2}})))
+    assert cli.main(["validate", str(spec)]) == 0
+
+
 def test_unusable_output_exits_2_before_ray_starts(tmp_path, capsys):
     spec = tmp_path / "good.yaml"
     spec.write_text(yaml.safe_dump(GOOD))
