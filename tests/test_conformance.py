@@ -40,9 +40,6 @@ WORKLOAD = dict(model="resnet20", width=4, dataset="fashion_mnist", subset=384, 
 # their first selection would come after the last.
 MEASURE_EVERY = 3  # steps: FlopCounterMode watches steps 1, 4, 7, ... of each epoch
 SHORT_RUN = {"layerdropback": {"s": 1}, "learn_drop": {"warmup_epochs": 0}, "freezing": {"warmup_epochs": 0}}
-# built-in strategies whose skips are random draws (from the run's seeded ``ctx.rng``): the suite checks
-# that it sees them drawing, so that its check of the draws following the seed is not vacuous for them
-DRAW_AT_RANDOM = {"layerdropback", "depth_dropout", "stochastic_depth"}
 GIVEN: dict[str, dict] = {}  # --hparam NAME.KEY=VALUE (tests/conftest.py), per strategy
 
 
@@ -226,7 +223,10 @@ class TestConformance:
         def skips(o):
             return [st["signature"] for st in o.steps]
         draws = skips(reseeded) != skips(s)
-        assert draws or name not in DRAW_AT_RANDOM, name
+        # as the strategy says (Strategy.draws_at_random), so that the check below is never vacuous
+        assert draws == REGISTRY[name].draws_at_random, (
+            f"{name}: its skips {'change' if draws else 'do not change'} with ctx.rng's seed; "
+            f"set draws_at_random = {draws}")
         if draws:
             assert skips(other_s) != skips(s), name
 

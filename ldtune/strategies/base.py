@@ -147,6 +147,9 @@ class Strategy:
 
     name: ClassVar[str] = ""
     hparams: ClassVar[dict[str, HParam]] = {}
+    # True where what it skips is drawn at random (from the seeded ``ctx.rng``); the conformance
+    # suite checks a run's skips change with that generator's seed exactly where this says so
+    draws_at_random: ClassVar[bool] = False
 
     def __init__(self, **values: Any):
         unknown = sorted(set(values) - set(self.hparams))

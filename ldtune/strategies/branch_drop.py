@@ -17,6 +17,7 @@ from .base import Strategy
 
 
 class BranchDrop(Strategy):
+    draws_at_random = True  # one draw per unit per mini-batch
     units: list[ResidualUnit]  # the units that may drop, set by prepare_model
     drop: list[float]  # probability per mini-batch that each of them skips its branch
 

@@ -74,6 +74,7 @@ def is_drop_epoch(e: int, s: int) -> bool:
 class LayerDropBack(Strategy):
     __doc__ = __doc__
     name = "layerdropback"
+    draws_at_random = True  # the layers updated, per DROP epoch or step
     hparams = {
         "p": HParam(float, 0.3, "probability per layer per DROP epoch (or step) of no weight update "
                     "(reading 'equations': of being updated)", low=0.0, high=1.0, search=(0.1, 0.8)),
