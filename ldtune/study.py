@@ -249,6 +249,9 @@ def from_dict(raw: dict) -> Study:
     if spec.test_subset is not None and (workload.dataset == "imagenette" or workload.dataset.startswith("imagefolder:")):
         raise UserError("test_subset", f"only for datasets held as tensors, not the streamed {workload.dataset}")
     plans = [StrategyPlan("baseline", spec.baseline.repeats)]
+    if raw.get("strategies") is None:  # `strategies: {}` says so on purpose (recommend writes it)
+        warnings.warn(f"strategies: none named, so the study runs the baseline only; `strategies: {{{ALL}: "
+                      "{trials: 2}}` runs every registered strategy", stacklevel=3)
     named = dict(spec.strategies)
     if "baseline" in named:
         raise UserError("strategies.baseline", "the baseline is not searched; set baseline.repeats instead")

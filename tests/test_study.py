@@ -387,6 +387,19 @@ def test_counts_read_as_english():
     assert (subset_text(None), subset_text(512)) == ("all images", "subset 512")
 
 
+def test_a_spec_that_names_no_strategies_warns_that_only_the_baseline_runs(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in GOOD.items() if k != "strategies"}))
+    assert cli.main(["validate", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert err == ("ldtune: warning: strategies: none named, so the study runs the baseline only; "
+                   "`strategies: {all: {trials: 2}}` runs every registered strategy\n")
+    assert "3 trials" in out
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an empty mapping asks for the baseline alone on purpose
+        assert [p.name for p in study_mod.from_dict(GOOD | {"strategies": {}}).plans] == ["baseline"]
+
+
 def test_a_shared_gpu_is_allowed_with_a_warning_that_timings_suffer():
     spec = _merge(GOOD, {"workload": {"device": "cuda"}, "resources": {"gpu": 0.5}})
     with pytest.warns(UserWarning, match=r"^resources.gpu = 0.5: trials share a GPU, which distorts their timings"):
