@@ -56,11 +56,18 @@ def nondominated(acc, saved) -> np.ndarray:
 _TRIALS = ["trial_id", "strategy", "model", "dataset", "epochs", "status", "test_accuracy", "time_saved",
            "accuracy_delta"]
 REQUIRED = {"trials": _TRIALS, "pareto": _TRIALS + ["front"], "epochs": ["trial_id", "epoch"]}
+# the kinds of the contract's columns a reader computes on (``study`` is the directory's name); a row
+# is named by its keys, so they hold a value in every row
+_NUMBERS = {"epochs", "seed", "test_accuracy", "train_time_s", "train_flops", "flops_saved", "time_saved", "speedup",
+            "accuracy_delta", "epoch", "train_loss", "epoch_time_s", "epoch_flops", "trainable_params", "active_blocks"}
+_TEXT = {"trial_id", "strategy", "model", "dataset", "status", "error", "device_name", "front"}
+_KEYS = {"trial_id", "strategy", "model", "dataset", "status", "front", "epoch"}
 
 
 def read_table(path: Path, needs, table: str):
     """An ldtune Parquet file as an Arrow table; a truncated or foreign one, or one without the
     columns ``needs``, is the user's to mend (exit 2, naming the file)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
     try:
         t = pq.read_table(path)
@@ -69,6 +76,19 @@ def read_table(path: Path, needs, table: str):
     missing = [c for c in needs if c not in t.column_names]
     if missing:
         raise UserError(str(path), f"missing column {missing[0]!r}: not an ldtune {table} table")
+    for c in t.column_names:  # every reader computes on these kinds: text where numbers go is a foreign table
+        kind = t.schema.field(c).type
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        want = "numbers" if c in _NUMBERS else "text" if c in _TEXT else None
+        fits = (pa.types.is_null(kind) or want is None
+                or (pa.types.is_integer(kind) or pa.types.is_floating(kind) if want == "numbers"
+                    else pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)))
+        if not fits:
+            raise UserError(str(path), f"column {c!r} holds {kind} values, not {want}: not an ldtune {table} table")
+        if c in needs and c in _KEYS and t.column(c).null_count:
+            raise UserError(str(path), f"column {c!r} has {t.column(c).null_count} empty "
+                                       f"value{'s' * (t.column(c).null_count > 1)}: not an ldtune {table} table")
     return t
 
 

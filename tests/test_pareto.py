@@ -358,6 +358,30 @@ def test_every_reader_names_a_foreign_parquet_file(tmp_path, capsys, argv):
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["foreign", "s", "trials.parquet"]
 
 
+@pytest.mark.parametrize("argv", [["pareto"], ["pareto", "--format", "csv"], ["plot", "-o", "PNG"],
+                                  ["recommend", "--model", "resnet20"]])
+@pytest.mark.parametrize("column, values, why", [
+    ("test_accuracy", ["0.85", "0.84"], "holds string values, not numbers"),
+    ("time_saved", ["0.0", "0.2"], "holds string values, not numbers"),
+    ("epochs", ["four", "four"], "holds string values, not numbers"),
+    ("model", [3, 3], "holds int64 values, not text"),
+    ("strategy", [None, "freezing"], "has 1 empty value"),
+])
+def test_every_reader_names_a_column_of_the_wrong_type(tmp_path, capsys, argv, column, values, why):
+    """A trials table with the columns but not their kinds (text where numbers go, an empty
+    strategy): every reader exits 2 naming the file and the column, not a traceback."""
+    d = write_study(tmp_path / "r", "s", [trial("b0", "baseline", 0.85, 0.0, 0.0, study="s"),
+                                          trial("f1", "freezing", 0.84, 0.2, 0.25, study="s", warmup_epochs=1)])
+    df = pd.read_parquet(d / "trials.parquet")
+    df[column] = pd.Series(values, dtype=object)
+    df.to_parquet(d / "trials.parquet")
+    argv = [str(tmp_path / "f.png") if a == "PNG" else a for a in argv]
+    code, out, err = run_cli(capsys, argv[0], str(tmp_path / "r"), *argv[1:])
+    assert (code, out) == (2, "")
+    assert err == f"ldtune: error: {d / 'trials.parquet'}: column {column!r} {why}: not an ldtune trials table\n"
+    assert not (tmp_path / "f.png").exists()
+
+
 def test_load_and_fronts_api(results):
     trials = load(results)
     assert len(trials) == 12 and set(trials["study"]) == {"quick", "other"}
