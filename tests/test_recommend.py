@@ -420,3 +420,17 @@ def test_cli_header_names_the_datasets_of_the_strategies_asked_for(results, caps
     assert "from 2 datasets (fashion_mnist, mnist5k)" in out and "#   digits" not in out
     assert cli(["recommend", str(results), "--model", "resnet20", "--strategy", "freezing"]) == 0
     assert "from 3 datasets (digits, fashion_mnist, mnist5k)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["--model", "vgg11_bn"], ["--evaluate", "--model", "vgg11_bn"]])
+def test_a_model_whose_studies_have_no_ok_baseline_is_named_as_such(results, capsys, argv):
+    """vgg11_bn has trials here, but its study's baselines all failed: the error says that, not
+    that there are no vgg11_bn trials (which is false and sends the user hunting for a typo)."""
+    t = pd.read_parquet(results / "transfer_digits" / "trials.parquet").assign(model="vgg11_bn", study="vgg_digits")
+    t.loc[t["strategy"] == "baseline", ["status", "error", "test_accuracy"]] = ["error", "boom", np.nan]
+    t[["time_saved", "speedup", "accuracy_delta"]] = np.nan
+    (results / "vgg_digits").mkdir()
+    t.to_parquet(results / "vgg_digits" / "trials.parquet")
+    assert cli(["recommend", str(results), *argv]) == 2
+    assert capsys.readouterr() == ("", "ldtune: error: --model: no study of vgg11_bn here has a baseline trial that "
+                                       "finished ok; time saved and accuracy are measured against it\n")

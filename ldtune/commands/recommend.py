@@ -157,6 +157,9 @@ def main(a) -> int:
     if a.model is not None:
         rec.check_model(trials, a.model)
     trials, left_out = measured(trials, a.dir)
+    if a.model is not None and not (trials["model"] == a.model).any():  # it has trials, none measured
+        raise UserError("--model", f"no study of {a.model} here has a baseline trial that finished ok; time saved "
+                                   "and accuracy are measured against it")
     if a.evaluate:
         return _evaluate(trials, a, left_out)
     if a.format is not None:
