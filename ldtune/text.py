@@ -33,8 +33,9 @@ def is_missing(v) -> bool:
 
 def json_value(v):
     """A table cell as JSON holds it: a missing value as null, a NumPy scalar as its Python value
-    (``json.dumps`` would write NaN, which is not JSON)."""
-    return None if is_missing(v) else v.item() if hasattr(v, "item") else v
+    (``json.dumps`` would write NaN, which is not JSON); an infinite float as null too (JSON has none)."""
+    v = None if is_missing(v) else v.item() if hasattr(v, "item") else v
+    return None if isinstance(v, float) and v in (float("inf"), -float("inf")) else v
 
 
 def json_records(records) -> list[dict]:

@@ -286,6 +286,18 @@ def test_cli_json_reads_back(results, capsys):
                    ("quick", "fashion_mnist", "freezeout", "z1"), ("quick", "fashion_mnist", "layerdropback", "l1")}
 
 
+def test_json_of_a_trial_with_an_infinite_speedup_reads_back(tmp_path, capsys):
+    """A trial whose training time was recorded as 0 has speedup T_base/0 = inf: JSON has no
+    infinity, so the cell is null (as the CSV's is 'inf'), not a traceback."""
+    rows = [trial("b0", "baseline", 0.85, 0.0, 0.0, study="q"), trial("f1", "freezing", 0.84, 0.99, 0.25, study="q",
+                                                                        warmup_epochs=1, speedup=float("inf"))]
+    write_study(tmp_path, "q", rows)
+    code, out, err = run_cli(capsys, "pareto", str(tmp_path), "--format", "json")
+    assert (code, err) == (0, "")
+    recs = {r["trial_id"]: r for r in json.loads(out)}
+    assert recs["f1"]["speedup"] is None and recs["f1"]["time_saved"] == 0.99 and recs["b0"]["speedup"] == 1.0
+
+
 def test_csv_and_json_carry_each_hyperparameter_at_full_precision(tmp_path, capsys):
     """The table rounds (t0=0.123); a machine reading the front must be able to rerun its trials."""
     write_study(tmp_path, "q", [trial("b0", "baseline", 0.87, 0.0, 0.0, study="q"),
