@@ -434,3 +434,23 @@ def test_a_model_whose_studies_have_no_ok_baseline_is_named_as_such(results, cap
     assert cli(["recommend", str(results), *argv]) == 2
     assert capsys.readouterr() == ("", "ldtune: error: --model: no study of vgg11_bn here has a baseline trial that "
                                        "finished ok; time saved and accuracy are measured against it\n")
+
+
+def test_cli_strategy_asked_for_whose_trials_all_failed_is_explained_not_refused(results, capsys):
+    """--strategy S, where S ran here but no trial of it finished ok: the output says why S has no
+    recommendation, as it does without --strategy, instead of an error listing the other strategies
+    as the ones with trials (S has trials). A strategy with no trials at all is still refused."""
+    d = results / "transfer_digits"
+    trials = pd.read_parquet(d / "trials.parquet")
+    failed = trials[trials["strategy"] == "freezing"].assign(strategy="stochastic_depth", status="error", error="boom",
+                                                             accuracy_delta=np.nan)
+    failed["trial_id"] = failed["trial_id"] + "_sd"
+    pd.concat([trials, failed]).to_parquet(d / "trials.parquet")
+    assert cli(["recommend", str(results), "--model", "resnet20", "--strategy", "stochastic_depth"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "ldtune: warning: no strategy's trials here finished ok with time saved; the spec below runs the baseline only\n"
+    assert f"# stochastic_depth: no recommendation; none of its {len(failed)} trials here finished ok (last error: boom)" in out
+    assert yaml.safe_load(out)["strategies"] == {}
+    assert cli(["recommend", str(results), "--model", "resnet20", "--strategy", "depth_dropout"]) == 2
+    assert capsys.readouterr() == ("", "ldtune: error: --strategy: no recommendation for 'depth_dropout' (strategies "
+                                       "with trials: freezeout, freezing, layerdropback, stochastic_depth)\n")

@@ -174,13 +174,13 @@ def main(a) -> int:
     if a.confirm and a.dataset is None:
         raise UserError("--dataset", "--confirm needs the new dataset")
     recs = rec.recommend(trials, a.model, a.dataset, a.max_accuracy_drop)
-    if a.strategy:
-        known = sorted(r.strategy for r in recs)
+    used = trials[(trials["model"] == a.model) & (trials["dataset"] != a.dataset)]
+    if a.strategy:  # one with trials but no recommendation is explained below, as without --strategy
+        known = sorted(set(used["strategy"]) - {"baseline"})
         for s in a.strategy:
             if s not in known:
                 raise UserError("--strategy", f"no recommendation for {s!r} (strategies with trials: {', '.join(known)})")
         recs = [r for r in recs if r.strategy in a.strategy]
-    used = trials[(trials["model"] == a.model) & (trials["dataset"] != a.dataset)]
     # the header names the datasets the printed strategies' evidence comes from
     shown = used[used["strategy"].isin(a.strategy)] if a.strategy else used
     datasets = sorted(shown["dataset"].unique())
