@@ -454,3 +454,16 @@ def test_cli_strategy_asked_for_whose_trials_all_failed_is_explained_not_refused
     assert cli(["recommend", str(results), "--model", "resnet20", "--strategy", "depth_dropout"]) == 2
     assert capsys.readouterr() == ("", "ldtune: error: --strategy: no recommendation for 'depth_dropout' (strategies "
                                        "with trials: freezeout, freezing, layerdropback, stochastic_depth)\n")
+
+
+def test_a_new_dataset_whose_other_studies_have_no_ok_baseline_is_named_as_such(tmp_path, capsys):
+    """--dataset digits, where the only other study (mnist5k) has trials but no ok baseline: the
+    error says so, not that there are no trials on any other dataset (there are)."""
+    results = build(tmp_path / "results", {"digits": 5, "mnist5k": 20})
+    t = pd.read_parquet(results / "transfer_mnist5k" / "trials.parquet")
+    t.loc[t["strategy"] == "baseline", "status"] = "error"
+    t.to_parquet(results / "transfer_mnist5k" / "trials.parquet")
+    assert cli(["recommend", str(results), "--model", "resnet20", "--dataset", "digits"]) == 2
+    assert capsys.readouterr() == ("", "ldtune: error: --dataset: no study of resnet20 on a dataset other than "
+                                       "'digits' has a baseline trial that finished ok; time saved and accuracy "
+                                       "are measured against it\n")

@@ -156,6 +156,7 @@ def main(a) -> int:
     import_study_plugins(a.dir)  # a plugin strategy's search space and units, as for a built-in one
     if a.model is not None:
         rec.check_model(trials, a.model)
+    ran = trials
     trials, left_out = measured(trials, a.dir)
     if a.model is not None and not (trials["model"] == a.model).any():  # it has trials, none measured
         raise UserError("--model", f"no study of {a.model} here has a baseline trial that finished ok; time saved "
@@ -173,6 +174,10 @@ def main(a) -> int:
             raise UserError(flag, f"must be an integer >= 1, got {v}")
     if a.confirm and a.dataset is None:
         raise UserError("--dataset", "--confirm needs the new dataset")
+    other = lambda t: (t["model"] == a.model) & (t["dataset"] != a.dataset)
+    if not other(trials).any() and other(ran).any():  # trials on other datasets, none measured
+        raise UserError("--dataset", f"no study of {a.model} on a dataset other than {a.dataset!r} has a baseline "
+                                     "trial that finished ok; time saved and accuracy are measured against it")
     recs = rec.recommend(trials, a.model, a.dataset, a.max_accuracy_drop)
     used = trials[(trials["model"] == a.model) & (trials["dataset"] != a.dataset)]
     if a.strategy:  # one with trials but no recommendation is explained below, as without --strategy
