@@ -127,7 +127,9 @@ def resources(study: Study, fixed_nodes: bool = True) -> tuple[float, float]:
     has_gpu = any(r.get("GPU", 0) > 0 for r in nodes)
     gpu = study.gpu
     if gpu is None:
-        gpu = 1.0 if has_gpu and study.workload.device != "cpu" else 0.0
+        # cuda needs a GPU per trial: on a cluster an autoscaler may still add the GPU nodes, so wait for them
+        waits = study.workload.device == "cuda" and not fixed_nodes
+        gpu = 1.0 if (has_gpu or waits) and study.workload.device != "cpu" else 0.0
         if not has_gpu and not fixed_nodes and study.workload.device == "auto":
             warnings.warn("resources.gpu: no GPU node in the Ray cluster, so trials train on CPUs; to wait for "
                           "GPU nodes the autoscaler will add, set resources.gpu: 1", stacklevel=2)

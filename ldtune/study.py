@@ -64,7 +64,8 @@ class ResourcesSpec(BaseModel):
     # CPUs per trial; null: every CPU of the smallest node (CPU trials never share cores, so
     # their timings stay honest), or that node's CPUs per GPU when trials use a GPU
     cpu: float | None = Field(None, gt=0)
-    # GPUs per trial; null: 1 when the workload runs on cuda/auto and the cluster has GPUs, else 0.
+    # GPUs per trial; null: 1 when the workload runs on cuda/auto and the cluster has GPUs (cuda: or
+    # may get them, an autoscaling cluster), else 0.
     # A fraction shares a GPU between trials (allowed, with a warning: it distorts timings)
     gpu: float | None = Field(None, ge=0)
 

@@ -286,6 +286,18 @@ def test_a_gpu_study_on_a_cluster_without_gpu_nodes_yet_waits_for_them(ray_local
         assert runner.resources(study_mod.load(auto), fixed_nodes=False) == (2.0, 0.0)
 
 
+def test_a_cuda_study_on_a_cluster_without_gpu_nodes_yet_waits_for_them(ray_local, tmp_path):
+    """A cuda workload needs a GPU per trial: with resources.gpu left out, a cluster whose autoscaler
+    has not added its GPU nodes yet (cluster.yaml starts with none) waits for them, as gpu: 1 does;
+    only a local instance, which gets no more nodes, refuses it."""
+    cuda = tmp_path / "cuda.yaml"
+    cuda.write_text(yaml.safe_dump({**SPEC, "workload": {**SPEC["workload"], "device": "cuda"}}))
+    with pytest.warns(UserWarning, match="no GPU node in the Ray cluster yet; trials wait until the autoscaler"):
+        assert runner.resources(study_mod.load(cuda), fixed_nodes=False) == (1.0, 1.0)
+    with pytest.raises(UserError, match="the Ray cluster has no GPU"):
+        runner.resources(study_mod.load(cuda), fixed_nodes=True)
+
+
 def test_a_trial_that_fits_no_node_exits_2_and_writes_nothing(ray_local, tmp_path, capsys):
     # 64 CPUs per trial on a 2-CPU instance: Tune would wait for them forever
     spec = tmp_path / "big.yaml"
