@@ -600,6 +600,7 @@ def _run(study: Study, study_dir: Path, left: Left, callbacks: list, stream: Tex
     from ray import tune
 
     saved = study_dir / CONFIG_FILE
+    inherited: dict[str, float] = {}  # per-trial resources taken from the study being resumed
     if left.rows and saved.is_file():  # a trial's time compares only with trials given the same resources
         was = {k: float(v) for k, v in (saved_config(saved).get("resources") or {}).items()
                if k in ("cpu", "gpu") and isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -610,8 +611,17 @@ def _run(study: Study, study_dir: Path, left: Left, callbacks: list, stream: Tex
                                 f"({saved}); its trials' times would not compare with the earlier ones (set "
                                 f"resources.{key}: {val:g}, or leave it out, to resume it)")
         # what the spec leaves to the cluster is what the first run decided, not what this cluster would
-        study = dataclasses.replace(study, **{k: v for k, v in was.items() if getattr(study, k) is None})
-    cpu, gpu = resources(study, fixed_nodes)
+        inherited = {k: v for k, v in was.items() if getattr(study, k) is None}
+        study = dataclasses.replace(study, **inherited)
+    try:
+        cpu, gpu = resources(study, fixed_nodes)
+    except UserError as e:  # a value the spec does not set: its advice (set another) would be refused above
+        key = e.field.removeprefix("resources.")
+        if key not in inherited:
+            raise
+        why = "this Ray cluster has no GPU" if key == "gpu" and "no GPU" in e.message else e.message
+        raise UserError(e.field, f"the study being resumed ran with {inherited[key]:g} {key.upper()}(s) per trial "
+                        f"({saved}), and {why}; resume it on a Ray cluster where its trials fit") from None
     study_dir.mkdir(parents=True, exist_ok=True)
     if locks == []:  # a new study: lock it now, and make sure no other run started it meanwhile
         locks.append(lock_study_dir(study_dir))

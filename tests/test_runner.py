@@ -532,6 +532,25 @@ def test_resume_with_other_resources_or_without_its_config_is_refused(finished, 
     assert {f: (study_dir / f).read_bytes() for f in results.FILES} == before
 
 
+def test_a_resume_where_the_first_runs_resources_fit_no_node_says_where_they_came_from(finished, spec_file, tmp_path,
+                                                                                      capsys):
+    """A study run on a cluster (4 CPUs and 1 GPU per trial, decided there) and resumed on a smaller
+    machine: the spec names no resources, so the error says the values are the first run's, not
+    advice to set a value the resume would then refuse as a changed one."""
+    for resources, field in (({"cpu": 64.0, "gpu": 0.0}, "resources.cpu"), ({"cpu": 4.0, "gpu": 1.0}, "resources.gpu")):
+        study_dir = _copy_with_rows(finished[0], tmp_path / field, 3)
+        saved = yaml.safe_load((study_dir / runner.CONFIG_FILE).read_text())
+        (study_dir / runner.CONFIG_FILE).write_text(yaml.safe_dump({**saved, "resources": resources}))
+        before = {f: (study_dir / f).read_bytes() for f in results.FILES}
+        assert cli.main(["run", str(spec_file), "--output", str(study_dir.parent), "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"ldtune: error: {field}: ") and err.count("\n") == 1, err
+        value = resources[field.removeprefix("resources.")]
+        assert f"the study being resumed ran with {value:g}" in err and str(study_dir / runner.CONFIG_FILE) in err
+        assert "gpu: 0" not in err  # the resume would refuse that as a changed value
+        assert {f: (study_dir / f).read_bytes() for f in results.FILES} == before
+
+
 def test_a_left_over_optuna_db_or_an_empty_output_is_refused(finished, spec_file, tmp_path, capsys):
     (tmp_path / "tiny").mkdir()
     (tmp_path / "tiny" / runner.OPTUNA_FILE).write_bytes((finished[0] / runner.OPTUNA_FILE).read_bytes())
