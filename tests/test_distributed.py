@@ -78,6 +78,19 @@ def test_cluster_yaml_passes_ray_validation():
         validate_config({**config, "max_worker": 3})
 
 
+def test_every_ray_job_command_in_the_cluster_instructions_names_the_job_api():
+    """The job API is reached through `ray dashboard`'s tunnel; a `ray job` command on the laptop
+    without RAY_ADDRESS (or --address) looks for a local Ray instance instead and fails."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Studies on a Ray cluster", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    header = [ln.lstrip("# ") for ln in (REPO / "cluster.yaml").read_text().splitlines() if ln.startswith("#   ")]
+    commands = [ln.split("#", 1)[0] for ln in block.splitlines() + header if "ray job " in ln]
+    assert len(commands) >= 3
+    for command in commands:
+        assert "RAY_ADDRESS=http://127.0.0.1:8265 ray job" in command or "--address http" in command, command
+
+
 class KillWorkerMidTrial(tune.Callback):
     """Removes the worker node when a sleepy trial running there reports its first (non-final) epoch."""
 
