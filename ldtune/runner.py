@@ -84,7 +84,13 @@ def connect(address: str | None) -> bool:
         ray.init(address="local", **kwargs)  # our own: not a `ray start` cluster this machine may be running
         return True
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise UserError("--address", f"cannot connect to Ray at {address!r}: {e}") from None
+        hint = ""
+        if (isinstance(e, ConnectionError) and address != "auto"  # (auto: Ray itself turns token mode on)
+                and os.environ.get("RAY_AUTH_MODE", "").lower() != "token"):
+            # Ray sends its token to an address named explicitly only in token mode: a GCS wanting one refuses us
+            hint = ("; if the cluster takes token authentication (`ray start` does where ~/.ray/auth_token exists), "
+                    "set RAY_AUTH_MODE=token, with its token in ~/.ray/auth_token or RAY_AUTH_TOKEN")
+        raise UserError("--address", f"cannot connect to Ray at {address!r}: {e}{hint}") from None
 
 
 def local_instance(address: str | None) -> bool:

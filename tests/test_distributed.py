@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 import signal
+import time
 from pathlib import Path
 
 import jsonschema
@@ -197,6 +198,51 @@ def test_a_run_without_address_starts_its_own_instance_beside_a_ray_start_cluste
         mine = subprocess.run([sys.executable, "-c", own], env=env, cwd=REPO, capture_output=True, text=True,
                               timeout=120)
         assert mine.returncode == 0 and mine.stdout.strip() == "0", mine.stderr[-2000:]
+    finally:
+        head.terminate()
+        head.wait(timeout=60)
+        import shutil
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_an_address_whose_cluster_wants_a_token_says_how_to_give_it(tmp_path):
+    """A `ray start` cluster takes token authentication where ~/.ray/auth_token exists (a local
+    `ldtune run` writes one); Ray sends the token to an explicit address only with RAY_AUTH_MODE=token,
+    so without it the connection fails: the error says so, and nothing is written."""
+    import secrets
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_tmp = tempfile.mkdtemp(prefix="ldt-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    env["RAY_TMPDIR"] = ray_tmp
+    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--port", str(port),
+                             "--num-cpus", "1", "--include-dashboard", "false"],
+                            env={**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        spec = tmp_path / "s.yaml"
+        spec.write_text(yaml.safe_dump({"name": "tok", "workload": {"model": "resnet20", "width": 4, "dataset": "digits",
+                                                                    "subset": 64, "epochs": 1}}))
+        home = tmp_path / "home"  # no ~/.ray/auth_token of this machine's
+        home.mkdir()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until the head listens
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        out = subprocess.run([sys.executable, "-m", "ldtune", "run", str(spec), "--output", str(tmp_path / "out"),
+                              "--address", f"127.0.0.1:{port}"], env={**env, "HOME": str(home)}, cwd=REPO,
+                             capture_output=True, text=True, timeout=300)
+        last = out.stderr.strip().splitlines()[-1]
+        assert out.returncode == 2 and last.startswith("ldtune: error: --address: cannot connect"), out.stderr[-3000:]
+        assert "RAY_AUTH_MODE=token" in last and "RAY_AUTH_TOKEN" in last, last
+        assert not (tmp_path / "out").exists()
     finally:
         head.terminate()
         head.wait(timeout=60)
