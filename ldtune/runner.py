@@ -651,12 +651,15 @@ def _run(study: Study, study_dir: Path, left: Left, callbacks: list, stream: Tex
               "rewritten as each trial finishes, holds it against all of them", file=stream, flush=True)
         w = dataclasses.asdict(study.workload)
         w.pop("seed")
+        # a `ray start` node's workers have that node's environment, not this one's: ldtune's settings travel
+        env = {k: v for k, v in os.environ.items() if k.startswith("LDTUNE_")}
 
         def make_config(slot, hparams):
             name, k = slot
             return {"study": study.name, "trial_id": trial_id(name, k), "strategy": name,
                     "hparams": {**study.plan(name).fixed, **hparams}, "seed": study.trial_seed(k),
-                    "data_seed": study.seed, "test_subset": study.test_subset, "workload": w, "threads": max(1, int(cpu)), "plugins": study.plugins}
+                    "data_seed": study.seed, "test_subset": study.test_subset, "workload": w, "threads": max(1, int(cpu)), "plugins": study.plugins,
+                    "env": env}
 
         searcher = _searcher_class()(slots, _optuna_searchers(study, study_dir, {s for s, _ in slots}, retry),
                                      make_config)

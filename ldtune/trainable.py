@@ -3,7 +3,8 @@
 It reads only its config (built by ``ldtune.runner``)::
 
     study, trial_id, strategy, hparams, seed (the trial's), data_seed (the study's: one data
-    subset for every trial), test_subset, workload (Workload fields but seed), threads, plugins
+    subset for every trial), test_subset, workload (Workload fields but seed), threads, plugins,
+    env (the driver's LDTUNE_* variables, set here first: a cluster node's workers lack them)
 
 and reports once per epoch with ``tune.report``. A report carries the epoch record under
 ``record`` and the trial's running totals; it is sent when the next epoch ends (or the run
@@ -55,6 +56,8 @@ def _data(w, data_seed: int, test_subset: int | None):
 
 def trainable(config: dict) -> None:
     start, began = time.perf_counter(), time.time()  # began: this node's clock, to overlay trials run in parallel
+    import os
+    os.environ.update(config.get("env") or {})
     import ray
     import torch
 

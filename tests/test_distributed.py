@@ -248,3 +248,47 @@ def test_an_address_whose_cluster_wants_a_token_says_how_to_give_it(tmp_path):
         head.wait(timeout=60)
         import shutil
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_ldtune_variables_set_for_the_driver_reach_trials_on_a_ray_start_cluster(tmp_path):
+    """A `ray start` node's workers inherit that node's environment, not the driver's: LDTUNE_FUSED_BN=0
+    (or LDTUNE_DATA, LDTUNE_CACHE_*) given to `ldtune run --address` must still hold in its trials,
+    as it does on a local instance. Fused BatchNorm off shows in every trial's device_name."""
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    from ldtune import batchnorm
+    if not batchnorm.available():
+        pytest.skip("no fused BatchNorm here: its device names are :aten-bn either way")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_tmp = tempfile.mkdtemp(prefix="ldt-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "LDTUNE_"))}
+    env.update(RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled")
+    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--port", str(port),
+                             "--num-cpus", "1", "--include-dashboard", "false"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        spec = tmp_path / "s.yaml"
+        spec.write_text(yaml.safe_dump({"name": "env", "workload": {"model": "resnet20", "width": 4, "dataset": "digits",
+                                                                    "subset": 64, "epochs": 1, "batch_size": 32},
+                                        "test_subset": 100, "baseline": {"repeats": 2}}))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until the head listens
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        out = subprocess.run([sys.executable, "-m", "ldtune", "run", str(spec), "--output", str(tmp_path / "out"),
+                              "--address", f"127.0.0.1:{port}"], env={**env, "LDTUNE_FUSED_BN": "0"}, cwd=REPO,
+                             capture_output=True, text=True, timeout=400)
+        assert out.returncode == 0, out.stderr[-3000:]
+        trials = pd.read_parquet(tmp_path / "out" / "env" / "trials.parquet")
+        assert len(trials) == 2 and trials["device_name"].str.endswith(":aten-bn").all(), trials["device_name"]
+    finally:
+        head.terminate()
+        head.wait(timeout=60)
+        import shutil
+        shutil.rmtree(ray_tmp, ignore_errors=True)
