@@ -64,6 +64,11 @@ _TEXT = {"trial_id", "strategy", "model", "dataset", "status", "error", "device_
 _KEYS = {"trial_id", "strategy", "model", "dataset", "status", "front", "epoch"}
 
 
+def _is_string_view(kind) -> bool:  # pyarrow >= 16 writes text this way too; older ones have no such type
+    import pyarrow as pa
+    return getattr(pa.types, "is_string_view", lambda _: False)(kind)
+
+
 def read_table(path: Path, needs, table: str):
     """An ldtune Parquet file as an Arrow table; a truncated or foreign one, or one without the
     columns ``needs``, is the user's to mend (exit 2, naming the file)."""
@@ -83,7 +88,7 @@ def read_table(path: Path, needs, table: str):
         want = "numbers" if c in _NUMBERS else "text" if c in _TEXT else None
         fits = (pa.types.is_null(kind) or want is None
                 or (pa.types.is_integer(kind) or pa.types.is_floating(kind) if want == "numbers"
-                    else pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)))
+                    else pa.types.is_string(kind) or pa.types.is_large_string(kind) or _is_string_view(kind)))
         if not fits:
             raise UserError(str(path), f"column {c!r} holds {kind} values, not {want}: not an ldtune {table} table")
         if c in needs and c in _KEYS and t.column(c).null_count:
