@@ -513,3 +513,13 @@ def test_a_plugin_hyperparameter_may_not_take_a_results_columns_name():
     with pytest.raises(UserError, match="hyperparameter 'seed' is the name of a results column"):
         register(Seeded)
     assert "seeded_plugin" not in REGISTRY
+
+
+def test_a_plugin_strategy_may_not_be_named_all():
+    from ldtune.strategies import REGISTRY, Strategy, register
+
+    class Everything(Strategy):
+        name = "all"
+    with pytest.raises(UserError, match="'all' stands for every strategy"):  # a spec's key, the global front's label
+        register(Everything)
+    assert "all" not in REGISTRY

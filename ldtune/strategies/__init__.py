@@ -43,6 +43,9 @@ def register(cls: type[Strategy]) -> type[Strategy]:
     as a class decorator (``@register``). A built-in strategy's name is not for a plugin to take."""
     if not (isinstance(cls, type) and issubclass(cls, Strategy)) or not cls.name:
         raise TypeError(f"register() takes a Strategy subclass with a name, got {cls!r}")
+    if cls.name == "all":  # a spec's `strategies: {all: ...}` and the fronts' label for every strategy together
+        raise UserError("plugins", f"{cls.__module__}.{cls.__qualname__}: the name 'all' stands for every strategy; "
+                                   "rename it")
     known = REGISTRY.get(cls.name)
     if known is not None and known is not cls and known.__module__.startswith(f"{__name__}."):
         raise UserError("plugins", f"{cls.__module__}.{cls.__qualname__}: the name {cls.name!r} is a built-in strategy's")
