@@ -3,6 +3,7 @@ worker node is killed mid-trial and the study still ends with every trial accoun
 ``cluster.yaml`` passes Ray's own cluster-config validation."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import signal
@@ -165,26 +166,45 @@ def test_trials_on_both_nodes_and_a_dead_worker_node_is_retried(two_nodes, tmp_p
     assert len(epochs) == 3 * len(expected) and not epochs.duplicated(["trial_id", "epoch"]).any()
 
 
-def test_a_run_without_address_starts_its_own_instance_beside_a_ray_start_cluster(tmp_path):
-    """`ray start` records its cluster for `ray.init()` to join; a study without --address must not join it
-    (a local study would otherwise run on, and die with, whatever cluster this machine holds)."""
+@contextlib.contextmanager
+def ray_start_head(env: dict, *options: str, head_env: dict | None = None):
+    """A `ray start --head` cluster of one CPU on a free port, listening when this yields its port; its
+    record is kept in a temp dir of its own (short: Ray's socket paths must fit 107 bytes), which this
+    sets as ``env``'s RAY_TMPDIR, so clients run with ``env`` find it and it can't trap another test's
+    ray.init() once it is gone. ``head_env`` adds to the head's environment only."""
+    import shutil
     import socket
     import subprocess
     import sys
-    import time
+    import tempfile
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    import tempfile
-    # the cluster's record in a temp dir of its own (short: Ray's socket paths must fit 107 bytes),
-    # so it can't trap another test's ray.init() once the cluster is gone
-    ray_tmp = tempfile.mkdtemp(prefix="ldt-ray-", dir="/tmp")
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_TMPDIR": ray_tmp}
-    env.pop("RAY_ADDRESS", None)
+    env["RAY_TMPDIR"] = ray_tmp = tempfile.mkdtemp(prefix="ldt-ray-", dir="/tmp")
     head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--port", str(port),
-                             "--num-cpus", "1", "--resources", '{"ldtune_test_started": 1}', "--include-dashboard",
-                             "false"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--num-cpus", "1", *options, "--include-dashboard", "false"],
+                            env={**env, **(head_env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until the head listens
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        yield port
+    finally:
+        head.terminate()
+        head.wait(timeout=60)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_a_run_without_address_starts_its_own_instance_beside_a_ray_start_cluster(tmp_path):
+    """`ray start` records its cluster for `ray.init()` to join; a study without --address must not join it
+    (a local study would otherwise run on, and die with, whatever cluster this machine holds)."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_AUTH_MODE": "disabled"}
+    with ray_start_head(env, "--resources", '{"ldtune_test_started": 1}'):
         joined = "import ray; ray.init(); print(ray.cluster_resources().get('ldtune_test_started', 0))"
         own = ("from ldtune import runner; import ray; runner.connect(None); "
                "print(ray.cluster_resources().get('ldtune_test_started', 0))")
@@ -198,11 +218,6 @@ def test_a_run_without_address_starts_its_own_instance_beside_a_ray_start_cluste
         mine = subprocess.run([sys.executable, "-c", own], env=env, cwd=REPO, capture_output=True, text=True,
                               timeout=120)
         assert mine.returncode == 0 and mine.stdout.strip() == "0", mine.stderr[-2000:]
-    finally:
-        head.terminate()
-        head.wait(timeout=60)
-        import shutil
-        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_an_address_whose_cluster_wants_a_token_says_how_to_give_it(tmp_path):
@@ -210,32 +225,15 @@ def test_an_address_whose_cluster_wants_a_token_says_how_to_give_it(tmp_path):
     `ldtune run` writes one); Ray sends the token to an explicit address only with RAY_AUTH_MODE=token,
     so without it the connection fails: the error says so, and nothing is written."""
     import secrets
-    import socket
     import subprocess
     import sys
-    import tempfile
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray_tmp = tempfile.mkdtemp(prefix="ldt-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
-    env["RAY_TMPDIR"] = ray_tmp
-    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--port", str(port),
-                             "--num-cpus", "1", "--include-dashboard", "false"],
-                            env={**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with ray_start_head(env, head_env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}) as port:
         spec = tmp_path / "s.yaml"
         spec.write_text(yaml.safe_dump({"name": "tok", "workload": {"model": "resnet20", "width": 4, "dataset": "digits",
                                                                     "subset": 64, "epochs": 1}}))
         home = tmp_path / "home"  # no ~/.ray/auth_token of this machine's
         home.mkdir()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # until the head listens
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.5)
         out = subprocess.run([sys.executable, "-m", "ldtune", "run", str(spec), "--output", str(tmp_path / "out"),
                               "--address", f"127.0.0.1:{port}"], env={**env, "HOME": str(home)}, cwd=REPO,
                              capture_output=True, text=True, timeout=300)
@@ -243,52 +241,26 @@ def test_an_address_whose_cluster_wants_a_token_says_how_to_give_it(tmp_path):
         assert out.returncode == 2 and last.startswith("ldtune: error: --address: cannot connect"), out.stderr[-3000:]
         assert "RAY_AUTH_MODE=token" in last and "RAY_AUTH_TOKEN" in last, last
         assert not (tmp_path / "out").exists()
-    finally:
-        head.terminate()
-        head.wait(timeout=60)
-        import shutil
-        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_ldtune_variables_set_for_the_driver_reach_trials_on_a_ray_start_cluster(tmp_path):
     """A `ray start` node's workers inherit that node's environment, not the driver's: LDTUNE_FUSED_BN=0
     (or LDTUNE_DATA, LDTUNE_CACHE_*) given to `ldtune run --address` must still hold in its trials,
     as it does on a local instance. Fused BatchNorm off shows in every trial's device_name."""
-    import socket
     import subprocess
     import sys
-    import tempfile
     from ldtune import batchnorm
-    if not batchnorm.available():
-        pytest.skip("no fused BatchNorm here: its device names are :aten-bn either way")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray_tmp = tempfile.mkdtemp(prefix="ldt-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    assert batchnorm.available()  # else every device name ends in :aten-bn and this could not fail
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "LDTUNE_"))}
-    env.update(RAY_TMPDIR=ray_tmp, RAY_AUTH_MODE="disabled")
-    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--port", str(port),
-                             "--num-cpus", "1", "--include-dashboard", "false"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    env["RAY_AUTH_MODE"] = "disabled"
+    with ray_start_head(env) as port:
         spec = tmp_path / "s.yaml"
         spec.write_text(yaml.safe_dump({"name": "env", "workload": {"model": "resnet20", "width": 4, "dataset": "digits",
                                                                     "subset": 64, "epochs": 1, "batch_size": 32},
                                         "test_subset": 100, "baseline": {"repeats": 2}}))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # until the head listens
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.5)
         out = subprocess.run([sys.executable, "-m", "ldtune", "run", str(spec), "--output", str(tmp_path / "out"),
                               "--address", f"127.0.0.1:{port}"], env={**env, "LDTUNE_FUSED_BN": "0"}, cwd=REPO,
                              capture_output=True, text=True, timeout=400)
         assert out.returncode == 0, out.stderr[-3000:]
         trials = pd.read_parquet(tmp_path / "out" / "env" / "trials.parquet")
         assert len(trials) == 2 and trials["device_name"].str.endswith(":aten-bn").all(), trials["device_name"]
-    finally:
-        head.terminate()
-        head.wait(timeout=60)
-        import shutil
-        shutil.rmtree(ray_tmp, ignore_errors=True)
