@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -146,9 +147,16 @@ def epochs_table(records: list[dict]) -> pa.Table:
     return base
 
 
+WRITING = threading.RLock()  # held while the three files are rewritten: one writer at a time, and none cut short
+
+
 def write(study_dir: str | Path, trial_rows: list[dict], epoch_rows: list[dict]) -> pd.DataFrame:
     """Write the three files atomically; return the trials frame as written (derived columns filled)."""
-    study_dir = Path(study_dir)
+    with WRITING:
+        return _write(Path(study_dir), trial_rows, epoch_rows)
+
+
+def _write(study_dir: Path, trial_rows: list[dict], epoch_rows: list[dict]) -> pd.DataFrame:
     trials = trials_table(trial_rows)
     study_of = {r["trial_id"]: r.get("study") for r in trial_rows}
     epoch_rows = [{**r, "study": r.get("study") or study_of.get(r["trial_id"])} for r in epoch_rows]

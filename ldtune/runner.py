@@ -21,7 +21,8 @@
 A dying worker or node is retried by Tune (``max_failures``); a trial that raises or diverges is a
 row with its status. Ctrl-C stops Tune cleanly; the files hold every finished trial, and
 ``--resume`` runs the rest; on a study with nothing left to run it starts no Ray and rewrites the files.
-"""
+A stop that ends the local Ray instance too (SIGTERM to the whole job) exits at once with the files
+as the last finished trial left them (:func:`_watch_gcs`)."""
 from __future__ import annotations
 
 import dataclasses
@@ -569,20 +570,22 @@ def unlock_study_dir(fd: int | None) -> None:
 
 
 def run_study(study: Study, output: str | Path = "results", *, address: str | None = None, resume: bool = False,
-              callbacks=(), stream: TextIO | None = None) -> Outcome:
+              callbacks=(), stream: TextIO | None = None, interrupted_note: str | None = None) -> Outcome:
+    """Run ``study`` into ``output/<name>``. ``interrupted_note`` goes to stderr if the local Ray
+    instance ends under the run (see :func:`_watch_gcs`), where this process then exits at once."""
     start = time.perf_counter()
     study_dir = prepare(study, output, resume)
     # a new study's directory does not exist yet: _run locks it once made (nothing written before)
     locks = [lock_study_dir(study_dir)] if study_dir.is_dir() else []
     try:
-        return _run_study(study, study_dir, start, address, resume, callbacks, stream, locks)
+        return _run_study(study, study_dir, start, address, resume, callbacks, stream, locks, interrupted_note)
     finally:
         for fd in locks:
             unlock_study_dir(fd)
 
 
 def _run_study(study: Study, study_dir: Path, start: float, address: str | None, resume: bool, callbacks,
-               stream: TextIO | None, locks: list) -> Outcome:
+               stream: TextIO | None, locks: list, interrupted_note: str | None = None) -> Outcome:
     left = _left(study, study_dir if resume else None)
     if resume and not left.slots:  # a finished study resumed: no Ray to start, no data to check
         return _nothing_left(study, study_dir, left, stream or sys.stdout, start)
@@ -590,7 +593,8 @@ def _run_study(study: Study, study_dir: Path, start: float, address: str | None,
     check_data(study, trials_here=fixed_nodes)
     started = connect(address)
     try:
-        return _run(study, study_dir, left, list(callbacks), stream, start, fixed_nodes, locks)
+        gcs = _local_gcs() if started and fixed_nodes else None
+        return _run(study, study_dir, left, list(callbacks), stream, start, fixed_nodes, locks, gcs, interrupted_note)
     finally:
         if started:
             import ray
@@ -598,7 +602,7 @@ def _run_study(study: Study, study_dir: Path, start: float, address: str | None,
 
 
 def _run(study: Study, study_dir: Path, left: Left, callbacks: list, stream: TextIO | None, start: float,
-         fixed_nodes: bool = True, locks: list | None = None) -> Outcome:
+         fixed_nodes: bool = True, locks: list | None = None, gcs=None, interrupted_note: str | None = None) -> Outcome:
     stream = stream or sys.stdout
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing; we print a line per trial
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial CSV/JSON/TensorBoard files
@@ -684,9 +688,21 @@ def _run(study: Study, study_dir: Path, left: Left, callbacks: list, stream: Tex
         main_thread = threading.current_thread() is threading.main_thread()
         if main_thread:  # a cancelled job gets SIGTERM: stop as Ctrl-C does (else Ray's handler aborts)
             signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+
+        def instance_lost(how: str, stopped: bool) -> None:
+            with results.WRITING:  # held to the exit: no rewrite of the files is cut short by it
+                standing.write(study_dir, rows, epoch_rows)
+                print(f"stopped: the local Ray instance ended under the study (its GCS server {how}); "
+                      f"{_saved(rows, slots)}", file=stream, flush=True)
+                if interrupted_note:
+                    print(interrupted_note, file=sys.stderr, flush=True)
+                os._exit(130 if stopped else 1)  # stopped: as for SIGTERM to this process alone
+
+        stop_watching = _watch_gcs(gcs, instance_lost) if gcs is not None else lambda: None
         try:
             tuner.fit()
         finally:  # Tune leaves its own handler installed, which would swallow the caller's next Ctrl-C
+            stop_watching()
             if main_thread:
                 signal.signal(signal.SIGINT, sigint)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL if sigterm is None else sigterm)
@@ -696,9 +712,7 @@ def _run(study: Study, study_dir: Path, left: Left, callbacks: list, stream: Tex
     outcome.wall_s = time.perf_counter() - start
     own = sum(v for v in outcome.trial_time_s.values() if v)
     if outcome.interrupted:
-        print(f"stopped: {len(done)} of "
-              f"{plural(len(done) + len([s for s in slots if trial_id(*s) not in done]), 'trial')} "
-              f"finished and saved", file=stream, flush=True)
+        print(f"stopped: {_saved(rows, slots)}", file=stream, flush=True)
     elif own:
         fit_s = sum(outcome.fit_time_s.values())
         busy = busy_seconds(outcome.trial_span.values())
@@ -707,6 +721,76 @@ def _run(study: Study, study_dir: Path, left: Left, callbacks: list, stream: Tex
               f"platform overhead {outcome.wall_s / busy - 1:+.1%}", file=stream, flush=True)
     report_noise(outcome.trials, stream)
     return outcome
+
+
+def _saved(rows: list[dict], slots) -> str:
+    done = {r["trial_id"] for r in rows}
+    total = len(done) + len([s for s in slots if trial_id(*s) not in done])
+    return f"{len(done)} of {plural(total, 'trial')} finished and saved"
+
+
+def _local_gcs():
+    """``(process, "host:port")`` of the GCS server of the Ray instance this driver started
+    (``ray.init`` without an address), or None. Ray keeps them in private state, so they are looked
+    up defensively."""
+    try:
+        from ray._private import worker
+        from ray._private.ray_constants import PROCESS_TYPE_GCS_SERVER
+        node = worker._global_node
+        return node.all_processes[PROCESS_TYPE_GCS_SERVER][0].process, node.gcs_address
+    except (ImportError, AttributeError, KeyError, IndexError, TypeError):
+        return None
+
+
+STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # signals that stop a job, rather than kill it
+
+
+def _gcs_gone(gcs) -> tuple[str, bool] | None:
+    """How the local instance's GCS ended (for a message) and whether a stop ended it (not a crash
+    or SIGKILL), or None while it serves. One that gets SIGTERM stops serving at once, and its
+    process can linger in its shutdown, so a refused connection counts as that stop."""
+    import socket
+    process, address = gcs
+    code = process.poll()
+    if code is not None:
+        try:
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+        except ValueError:
+            how = f"was killed by signal {-code}"
+        return how, code == 0 or -code in STOPS  # 0: it shut down in order (`ray stop` sends SIGTERM)
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except ConnectionRefusedError:
+        return "stopped serving", True
+    except OSError:  # slow to answer is not gone
+        pass
+    return None
+
+
+def _watch_gcs(gcs, lost, every: float = 0.5):
+    """Call ``lost(how, stopped)`` (of :func:`_gcs_gone`) from a thread once the local instance's
+    GCS ``gcs`` (of :func:`_local_gcs`) has ended; return the function that stops watching.
+
+    A job stopped as a whole (SIGTERM to its process group or cgroup: SLURM's scancel, systemd,
+    ``kill -- -PGID``) stops Ray's own processes with the driver, as they block only SIGINT. No
+    trial can finish after that, and Tune blocks in a call to the dead GCS until Ray's 60 s
+    reconnect timeout ends the process with status 1; ``lost`` exits at once instead."""
+    done = threading.Event()
+
+    def watch():
+        while not done.wait(every):
+            gone = _gcs_gone(gcs)
+            if gone is not None:
+                return lost(*gone)
+
+    thread = threading.Thread(target=watch, name="ldtune-gcs-watch", daemon=True)
+    thread.start()
+
+    def stop():
+        done.set()
+        thread.join()
+    return stop
 
 
 def report_noise(trials, stream) -> None:

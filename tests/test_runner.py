@@ -582,6 +582,40 @@ def test_one_run_per_study_at_a_time_and_sigterm_stops_as_ctrl_c_does(ray_local,
     assert f"--output {tmp_path} --address {ray_local} --resume` runs the remaining trials" in log
 
 
+def test_a_stop_that_takes_the_local_ray_instance_too_ends_at_once_with_the_rows_saved(tmp_path):
+    """A cancelled job whose whole process group or cgroup gets SIGTERM (SLURM's scancel, systemd's
+    stop, `kill -- -PGID`) stops the local Ray instance's processes with the driver: they block
+    SIGINT only. Tune then waits in a call to the dead GCS until Ray's 60 s reconnect timeout ends
+    the process with status 1 and 'Failed to connect to GCS'. The driver notices its instance is
+    gone instead: it keeps every finished trial, says what stopped it, and exits 130 with the
+    --resume command, as for SIGTERM alone; the resume then finishes the study."""
+    spec = tmp_path / "gone.yaml"
+    spec.write_text(yaml.safe_dump({"name": "gone", "seed": 0, "baseline": {"repeats": 2},
+                                    "workload": {**SPEC["workload"], "epochs": 3},
+                                    "strategies": {"freezeout": {"trials": 4, "search": {"t0": [0.5, 0.9]}}}}))
+    out, total = tmp_path / "out", 6
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "ldtune", "run", str(spec), "--output", str(out)]
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)  # its own group: the signal reaches no one else
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and not (out / "gone" / "trials.parquet").is_file():
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    log = proc.communicate(timeout=180)[0]
+    assert proc.returncode == 130 and "Failed to connect to GCS" not in log, log
+    assert "stopped: the local Ray instance ended under the study (its GCS server " in log, log
+    assert f"`ldtune run {spec} --output {out} --resume` runs the remaining trials" in log, log
+    trials = pq.read_table(out / "gone" / "trials.parquet").to_pandas()
+    assert 1 <= len(trials) < total and (trials["status"] == "ok").all(), log
+    for other in ("epochs", "pareto"):  # the three files agree: each was written whole, none after the rest
+        assert set(pq.read_table(out / "gone" / f"{other}.parquet")["trial_id"].to_pylist()) <= set(trials["trial_id"])
+    done = subprocess.run([*command, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    again = pq.read_table(out / "gone" / "trials.parquet").to_pandas().set_index("trial_id")
+    assert len(again) == total and again.loc[trials["trial_id"], "train_time_s"].tolist() == trials["train_time_s"].tolist()
+
+
 def test_the_study_lock_is_one_holder_at_a_time_and_released_by_its_holder(tmp_path):
     assert runner.lock_study_dir(tmp_path / "not_yet") is None  # a new study locks once its directory exists
     fd = runner.lock_study_dir(tmp_path)

@@ -28,8 +28,9 @@ def main(a) -> int:
     # the command to finish it, on the same cluster (without --address it would start a local Ray)
     address = f" --address {shlex.quote(a.address)}" if a.address else ""
     resume = f"`ldtune run {shlex.quote(a.spec)} --output {shlex.quote(a.output)}{address} --resume`"
+    remaining = f"interrupted; {resume} runs the remaining trials"
     try:
-        outcome = run_study(study, a.output, address=a.address, resume=a.resume)
+        outcome = run_study(study, a.output, address=a.address, resume=a.resume, interrupted_note=remaining)
     except KeyboardInterrupt:
         if (Path(a.output) / study.name / CONFIG_FILE).is_file():
             print(f"interrupted; the finished trials are in {a.output}/{study.name}; "
@@ -38,7 +39,7 @@ def main(a) -> int:
             print("interrupted before the study started; nothing was written", file=sys.stderr)
         return 130
     if outcome.interrupted:
-        print(f"interrupted; {resume} runs the remaining trials", file=sys.stderr)
+        print(remaining, file=sys.stderr)
         return 130
     print(f"results: {outcome.study_dir}/trials.parquet, epochs.parquet, pareto.parquet "
           f"(ldtune pareto {a.output})")
