@@ -124,20 +124,20 @@ def run_cli(capsys, *argv):
 
 GOLDEN_ALL = """\
 other: resnet20 / digits, global front (1 trial)
-strategy       hyperparameters  accuracy %  acc delta pp  time saved %  FLOPs saved %
-depth_dropout  p=0.25                97.00        +12.00           5.0           10.0
+strategy       hyperparameters  accuracy %  acc delta pp  time saved %  FLOPs saved %  trial
+depth_dropout  p=0.25                97.00        +12.00           5.0           10.0  m1
 
 other: resnet20 / fashion_mnist, global front (2 trials)
-strategy   hyperparameters                        accuracy %  acc delta pp  time saved %  FLOPs saved %
-baseline   -                                           85.00         +0.00           0.0            0.0
-freezeout  t0=0.8 schedule=linear scale_lr=false       84.00         -1.00          15.0           20.0
+strategy   hyperparameters                        accuracy %  acc delta pp  time saved %  FLOPs saved %  trial
+baseline   -                                           85.00         +0.00           0.0            0.0  b0
+freezeout  t0=0.8 schedule=linear scale_lr=false       84.00         -1.00          15.0           20.0  z2
 
 quick: resnet20 / fashion_mnist, global front (4 trials)
-strategy       hyperparameters                  accuracy %  acc delta pp  time saved %  FLOPs saved %
-baseline       -                                     86.00         +1.00          -1.0            0.0
-freezing       warmup_epochs=2                       85.00         +0.00          10.0           12.0
-freezing       warmup_epochs=1                       84.00         -1.00          20.0           25.0
-layerdropback  p=0.5 s=2 kappa=1 resample=step       80.00         -5.00          30.0           30.0
+strategy       hyperparameters                  accuracy %  acc delta pp  time saved %  FLOPs saved %  trial
+baseline       -                                     86.00         +1.00          -1.0            0.0  b1
+freezing       warmup_epochs=2                       85.00         +0.00          10.0           12.0  f2
+freezing       warmup_epochs=1                       84.00         -1.00          20.0           25.0  f1
+layerdropback  p=0.5 s=2 kappa=1 resample=step       80.00         -5.00          30.0           30.0  l1
 """
 
 

@@ -4,7 +4,8 @@ Trials are grouped by (study, model, dataset), as in ``pareto.parquet``: time sa
 accuracy delta are against each study's own baseline, and two studies' workloads (subset, epochs,
 batch size) may differ. ``--by all`` (the default) prints the global front of each group, ``--by
 strategy`` every strategy's own front. Accuracy and time/FLOPs saved are printed in percent, the
-accuracy delta in percentage points against the baseline median. A group with no ``ok`` baseline
+accuracy delta in percentage points against the baseline median; the last column is the trial's
+id, its key in ``trials.parquet`` and ``epochs.parquet``. A group with no ``ok`` baseline
 has no front (its time saved is unknown): the table says so, csv and json on stderr.
 """
 from __future__ import annotations
@@ -129,16 +130,17 @@ def render_table(res, by: str, strategy: str | None = None, notes=()) -> str:
     front, then the ``notes``. With ``strategy`` (``--strategy``) the one front is that strategy's."""
     title = ("front of each strategy" if by == "strategy" else f"front of {strategy}" if strategy
              else "global front")
-    heads = ["strategy", "hyperparameters", "accuracy %", "acc delta pp", "time saved %", "FLOPs saved %"]
+    heads = ["strategy", "hyperparameters", "accuracy %", "acc delta pp", "time saved %", "FLOPs saved %", "trial"]
     lines = []
     for (study, model, dataset), g in res.groupby(KEYS, sort=True):
         rows = [[r.strategy, r.hyperparameters, f"{100 * r.test_accuracy:.2f}", _pp(r.accuracy_delta),
-                 _pct(r.time_saved), _pct(r.flops_saved)] for r in g.itertuples()]
+                 _pct(r.time_saved), _pct(r.flops_saved), str(r.trial_id)] for r in g.itertuples()]
         widths = [max(len(h), *(len(x[i]) for x in rows)) for i, h in enumerate(heads)]
         if lines:
             lines.append("")
         lines.append(f"{_section(study, model, dataset)}, {title} ({plural(len(rows), 'trial')})")
-        fmt = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        text = (0, 1, len(heads) - 1)  # left-aligned: names; the figures between them right-aligned
+        fmt = lambda cells: "  ".join(c.ljust(w) if i in text else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
         lines.append(fmt(heads).rstrip())
         lines.extend(fmt(x).rstrip() for x in rows)
     if notes:
