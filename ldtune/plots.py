@@ -14,6 +14,7 @@ Learn&Drop's layer scores P_l per epoch (the paper's Fig. 1/3) go to a second fi
 ``out``, ``<stem>_layer_scores.<suffix>``: for each (study, model, dataset), the ``learn_drop`` trial that
 saved the most time (or, without learn_drop trials, any trial whose epochs carry ``layer_scores``,
 e.g. ``freezing``), one curve per block coloured by depth, dotted lines where blocks left training.
+Where the results have none, no such file is written, and one an earlier plot left there is removed.
 """
 from __future__ import annotations
 
@@ -150,6 +151,9 @@ def plot(directory, out) -> list[Path]:
     if epochs is not None and (sfig := _layer_scores_figure(epochs)) is not None:
         figures.append((scores, sfig))
     _save_all(figures)
+    if len(figures) == 1 and scores.is_file():  # beside the new figure it would pass for these results' scores
+        scores.unlink()
+        warnings.warn(f"removed {scores}, an earlier plot's: these results have no layer scores", stacklevel=2)
     return [path for path, _ in figures]
 
 

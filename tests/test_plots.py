@@ -64,12 +64,21 @@ def test_plot_writes_both_figures_with_a_colour_per_strategy(tmp_path, capsys):
         assert share_of_colour(axes, viridis(b / 3)[:3]) > 1e-3, b
 
 
-def test_plot_without_layer_scores_writes_one_file(tmp_path, capsys):
+def test_plot_without_layer_scores_writes_one_file_and_removes_an_earlier_ones(tmp_path, capsys):
+    """Plotting results without layer scores to where an earlier plot left FILE_layer_scores.png
+    removes that file, saying so: beside the new figure it would pass for these results' scores."""
     results = write_results(tmp_path / "results")
+    assert cli(["plot", str(results), "-o", str(tmp_path / "f.png")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png", "f_layer_scores.png", "results"]
+    capsys.readouterr()
     e = pd.read_parquet(results / "s" / "epochs.parquet").drop(columns=["layer_scores", "dropped_blocks"])
     e.to_parquet(results / "s" / "epochs.parquet")
     assert cli(["plot", str(results), "-o", str(tmp_path / "f.png")]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png", "results"]
+    out, err = capsys.readouterr()
+    assert out.split() == [str(tmp_path / "f.png")]
+    assert err == (f"ldtune: warning: removed {tmp_path / 'f_layer_scores.png'}, an earlier plot's: these results "
+                   "have no layer scores\n")
 
 
 @pytest.mark.parametrize("target, message", [
