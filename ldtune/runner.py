@@ -82,7 +82,15 @@ def connect(address: str | None) -> bool:
         # trial workers at normal priority: Ray's default (nice 15) lets any other process, the
         # driver's own loop included, preempt training and lengthen its measured time
         os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(address="local", **kwargs)  # our own: not a `ray start` cluster this machine may be running
+        # Ray's notice that a new local instance takes token authentication (its default) is not the
+        # user's to act on: this instance is ldtune's, and it ends with the run
+        notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        level = notice.level
+        notice.setLevel(logging.ERROR)
+        try:
+            ray.init(address="local", **kwargs)  # our own: not a `ray start` cluster this machine may be running
+        finally:
+            notice.setLevel(level)
         return True
     except (ConnectionError, RuntimeError, ValueError) as e:
         hint = ""

@@ -604,6 +604,7 @@ def test_a_stop_that_takes_the_local_ray_instance_too_ends_at_once_with_the_rows
     os.killpg(proc.pid, signal.SIGTERM)
     log = proc.communicate(timeout=180)[0]
     assert proc.returncode == 130 and "Failed to connect to GCS" not in log, log
+    assert log.startswith("study gone: "), log  # Ray's notices (token authentication on) stay quiet
     assert "stopped: the local Ray instance ended under the study (its GCS server " in log, log
     assert f"`ldtune run {spec} --output {out} --resume` runs the remaining trials" in log, log
     trials = pq.read_table(out / "gone" / "trials.parquet").to_pandas()
