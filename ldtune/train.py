@@ -124,13 +124,37 @@ def lr_schedule(kind: str, t: float) -> float:
 
 
 def device_name(device: torch.device) -> str:
+    """What a run's time is measured on: trials share a baseline only where this is equal."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import platform
     # runs whose BatchNorm differs do not time alike, so they do not share a baseline: where the
     # fused kernel could not be built (no compiler on that node), the name says so
     fallback = "" if batchnorm.available() else ":aten-bn"
-    return f"cpu:{platform.processor() or platform.machine()}:{torch.get_num_threads()}t{fallback}"
+    return f"cpu:{cpu_model()}:{torch.get_num_threads()}t{fallback}"
+
+
+def cpu_model() -> str:
+    """This CPU's model, so that a cluster's differing CPUs do not share a baseline: Linux's model
+    name with its family and model numbers (a VM may name only the vendor's line, "AMD EPYC", for
+    CPUs of different generations), else the architecture."""
+    import platform
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if not sep:
+                    if fields:
+                        break  # the first processor's block is enough
+                    continue
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name")
+    if not name:
+        return platform.processor() or platform.machine()
+    numbers = [f"{label} {fields[k]}" for k, label in (("cpu family", "family"), ("model", "model")) if fields.get(k)]
+    return f"{name} ({', '.join(numbers)})" if numbers else name
 
 
 class Sync:

@@ -164,3 +164,20 @@ def test_cpu_sgd_matches_pytorchs_loop_on_a_channels_last_net():
             opt.step()
     for a, b in zip(ref.parameters(), net.parameters()):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_cpu_run_is_named_by_its_cpu_model():
+    """Trials share a baseline only on equal device names, so a cluster's nodes of different CPUs
+    must be named apart: by the model, with its family and model numbers, since a VM may name
+    every generation of a line alike ('AMD EPYC' for Zen 3 and Zen 4 here)."""
+    import platform
+    import re
+    from pathlib import Path
+
+    from ldtune.train import device_name
+    cpuinfo = Path("/proc/cpuinfo")
+    first = cpuinfo.read_text().split("\n\n")[0] if cpuinfo.is_file() else ""
+    info = dict(re.findall(r"^(model name|cpu family|model)\s*:\s*(.*?)\s*$", first, re.M))
+    model = (f"{info['model name']} (family {info['cpu family']}, model {info['model']})" if "model name" in info
+             else platform.processor() or platform.machine())
+    assert device_name(torch.device("cpu")) == f"cpu:{model}:{torch.get_num_threads()}t"
