@@ -131,6 +131,7 @@ def render_table(res, by: str, strategy: str | None = None, notes=()) -> str:
     title = ("front of each strategy" if by == "strategy" else f"front of {strategy}" if strategy
              else "global front")
     heads = ["strategy", "hyperparameters", "accuracy %", "acc delta pp", "time saved %", "FLOPs saved %", "trial"]
+    text = (0, 1, len(heads) - 1)  # left-aligned: names; the figures between them right-aligned
     lines = []
     for (study, model, dataset), g in res.groupby(KEYS, sort=True):
         rows = [[r.strategy, r.hyperparameters, f"{100 * r.test_accuracy:.2f}", _pp(r.accuracy_delta),
@@ -139,7 +140,6 @@ def render_table(res, by: str, strategy: str | None = None, notes=()) -> str:
         if lines:
             lines.append("")
         lines.append(f"{_section(study, model, dataset)}, {title} ({plural(len(rows), 'trial')})")
-        text = (0, 1, len(heads) - 1)  # left-aligned: names; the figures between them right-aligned
         fmt = lambda cells: "  ".join(c.ljust(w) if i in text else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
         lines.append(fmt(heads).rstrip())
         lines.extend(fmt(x).rstrip() for x in rows)
