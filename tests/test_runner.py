@@ -220,6 +220,28 @@ def test_ctrl_c_advises_resume_only_once_the_study_has_started(started, ray_loca
     assert (f"--output {tmp_path} --address {ray_local} --resume` runs the rest" in capsys.readouterr().err) == started
 
 
+def test_ctrl_c_after_the_last_trial_says_nothing_is_left(finished, tmp_path, capsys, monkeypatch):
+    """Ctrl-C as the driver shuts down, with every trial saved: no advice to run "the rest"."""
+    import shutil
+    study_dir, _ = finished
+    shutil.copytree(study_dir, tmp_path / study_dir.name)
+    def interrupted(*_, **__):  # the files are as the study left them
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_study", interrupted)
+    # the spec without its failing strategy: every trial of its budget finished
+    spec = tmp_path / "ok.yaml"
+    spec.write_text(yaml.safe_dump({**SPEC, "strategies": {k: v for k, v in SPEC["strategies"].items() if k != "boom"}}))
+    assert cli.main(["run", str(spec), "--output", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == (f"interrupted as the study ended; every trial is finished and saved in "
+                                       f"{tmp_path / study_dir.name}, nothing is left to run\n")
+    # with it, its failed trials are what --resume would run
+    full = tmp_path / "full.yaml"
+    full.write_text(yaml.safe_dump(SPEC))
+    assert cli.main(["run", str(full), "--output", str(tmp_path)]) == 130
+    assert "--resume` runs the rest" in capsys.readouterr().err
+
+
 def test_resume_where_no_study_ran_exits_2_and_starts_nothing(ray_local, spec_file, tmp_path, capsys):
     out = tmp_path / "typo"  # a mistyped --output must not run the whole study
     assert cli.main(["run", str(spec_file), "--output", str(out), "--resume"]) == 2

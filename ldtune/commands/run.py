@@ -32,11 +32,14 @@ def main(a) -> int:
     try:
         outcome = run_study(study, a.output, address=a.address, resume=a.resume, interrupted_note=remaining)
     except KeyboardInterrupt:
-        if (Path(a.output) / study.name / CONFIG_FILE).is_file():
-            print(f"interrupted; the finished trials are in {a.output}/{study.name}; "
-                  f"{resume} runs the rest", file=sys.stderr)
-        else:
+        study_dir = Path(a.output) / study.name
+        if not (study_dir / CONFIG_FILE).is_file():
             print("interrupted before the study started; nothing was written", file=sys.stderr)
+        elif _nothing_left(study, study_dir):  # Ctrl-C as the driver shut down, after the last trial
+            print(f"interrupted as the study ended; every trial is finished and saved in {study_dir}, "
+                  f"nothing is left to run", file=sys.stderr)
+        else:
+            print(f"interrupted; the finished trials are in {study_dir}; {resume} runs the rest", file=sys.stderr)
         return 130
     if outcome.interrupted:
         print(remaining, file=sys.stderr)
@@ -56,3 +59,16 @@ def main(a) -> int:
               f"their errors are in the error column of trials.parquet; {again}", file=sys.stderr)
         return 1
     return 0
+
+
+def _nothing_left(study, study_dir: Path) -> bool:
+    """Whether ``--resume`` would run nothing: the saved trials hold the study's whole budget, none
+    of it failed. False where they cannot be read."""
+    from ..errors import UserError
+    from ..results import read_rows
+    from ..runner import slots_to_run
+    try:
+        rows, _ = read_rows(study_dir)
+    except (UserError, OSError):
+        return False
+    return not slots_to_run(study, {r["trial_id"] for r in rows if r["status"] != "error"})
