@@ -508,7 +508,7 @@ class Left:
     slots: list[tuple[str, int]]
 
 
-def _left(study: Study, study_dir: Path | None) -> Left:
+def left_to_run(study: Study, study_dir: Path | None) -> Left:
     """What is left of the study whose results are in ``study_dir`` (None: a new study, all of it)."""
     rows, epoch_rows = results.read_rows(study_dir) if study_dir else ([], [])
     # a failure may have been the machine's: --resume runs the study's failed trials again, with the
@@ -594,7 +594,7 @@ def run_study(study: Study, output: str | Path = "results", *, address: str | No
 
 def _run_study(study: Study, study_dir: Path, start: float, address: str | None, resume: bool, callbacks,
                stream: TextIO | None, locks: list, interrupted_note: str | None = None) -> Outcome:
-    left = _left(study, study_dir if resume else None)
+    left = left_to_run(study, study_dir if resume else None)
     if resume and not left.slots:  # a finished study resumed: no Ray to start, no data to check
         return _nothing_left(study, study_dir, left, stream or sys.stdout, start)
     fixed_nodes = local_instance(address)

@@ -225,6 +225,7 @@ def test_ctrl_c_after_the_last_trial_says_nothing_is_left(finished, tmp_path, ca
     import shutil
     study_dir, _ = finished
     shutil.copytree(study_dir, tmp_path / study_dir.name)
+
     def interrupted(*_, **__):  # the files are as the study left them
         raise KeyboardInterrupt
 
@@ -390,7 +391,7 @@ def test_resume_keeps_a_diverged_trial_and_runs_a_failed_one_again(finished, spe
     study_dir, outcome = finished
     status = outcome.trials.set_index("trial_id")["status"]
     assert status["boom-001"] == "error" and status["boom-002"] == "diverged"
-    left = runner._left(study_mod.load(spec_file), study_dir)
+    left = runner.left_to_run(study_mod.load(spec_file), study_dir)
     kept = {r["trial_id"]: r["status"] for r in left.rows}
     assert kept == status.drop("boom-001").to_dict()
     assert [r["trial_id"] for r in left.standing.rows] == ["boom-001"]

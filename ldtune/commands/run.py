@@ -35,7 +35,7 @@ def main(a) -> int:
         study_dir = Path(a.output) / study.name
         if not (study_dir / CONFIG_FILE).is_file():
             print("interrupted before the study started; nothing was written", file=sys.stderr)
-        elif _nothing_left(study, study_dir):  # Ctrl-C as the driver shut down, after the last trial
+        elif _all_saved(study, study_dir):  # Ctrl-C as the driver shut down, after the last trial
             print(f"interrupted as the study ended; every trial is finished and saved in {study_dir}, "
                   f"nothing is left to run", file=sys.stderr)
         else:
@@ -61,14 +61,12 @@ def main(a) -> int:
     return 0
 
 
-def _nothing_left(study, study_dir: Path) -> bool:
-    """Whether ``--resume`` would run nothing: the saved trials hold the study's whole budget, none
-    of it failed. False where they cannot be read."""
+def _all_saved(study, study_dir: Path) -> bool:
+    """Whether ``--resume`` would run nothing (its own rule: failed trials run again); False where
+    the saved files cannot be read."""
     from ..errors import UserError
-    from ..results import read_rows
-    from ..runner import slots_to_run
+    from ..runner import left_to_run
     try:
-        rows, _ = read_rows(study_dir)
+        return not left_to_run(study, study_dir).slots
     except (UserError, OSError):
         return False
-    return not slots_to_run(study, {r["trial_id"] for r in rows if r["status"] != "error"})
